@@ -1,0 +1,110 @@
+"""A transition dataset at rest: Parquet parts in the Transition schema plus a manifest.
+
+Layout::
+
+    DIR/manifest.json           written last and atomically: its presence marks completeness
+    DIR/data/part-*.parquet     rows in ``transition_schema(obs_dim, act_dim)``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffpol.contracts.arrow import SCHEMA_VERSION
+from diffpol.contracts.errors import ContractError
+
+MANIFEST = "manifest.json"
+DATA_DIR = "data"
+
+
+@dataclass(frozen=True)
+class ReturnStats:
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    schema_version: int
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    policy: str
+    policy_params: dict[str, Any]
+    seed: int
+    episodes: int
+    transitions: int
+    returns: ReturnStats
+    # sha256 over the data files' names and bytes, in name order (see fingerprint_files).
+    fingerprint: str
+    # Package versions and anything needed to replay (e.g. the env backend and its seeding).
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DatasetManifest:
+        version = raw.get("schema_version")
+        if not isinstance(version, int) or version < 1:
+            raise ContractError(f"manifest has invalid schema_version {version!r}")
+        if version > SCHEMA_VERSION:
+            raise ContractError(
+                f"dataset follows schema v{version}, newer than v{SCHEMA_VERSION} supported "
+                "here: upgrade diffpol-contracts"
+            )
+        names = {f for f in cls.__dataclass_fields__}
+        missing = sorted(names - raw.keys() - {"provenance"})
+        if missing:
+            raise ContractError(f"manifest is missing field(s): {', '.join(missing)}")
+        values = {k: raw[k] for k in names if k in raw}
+        values["returns"] = ReturnStats(**raw["returns"])
+        values["action_low"] = tuple(float(x) for x in raw["action_low"])
+        values["action_high"] = tuple(float(x) for x in raw["action_high"])
+        return cls(**values)
+
+
+def data_files(root: str | Path) -> list[Path]:
+    return sorted((Path(root) / DATA_DIR).glob("*.parquet"))
+
+
+def fingerprint_files(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(root: str | Path, *, verify: bool = True) -> DatasetManifest:
+    """Read a dataset's manifest; with ``verify``, check that the data files match it."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ContractError(
+            f"{root} is not a complete diffpol dataset: {MANIFEST} is missing "
+            "(the run that wrote it did not finish)"
+        )
+    try:
+        manifest = DatasetManifest.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ContractError(f"{path} is not a valid manifest: {exc}") from exc
+    if verify:
+        actual = fingerprint_files(data_files(root))
+        if actual != manifest.fingerprint:
+            raise ContractError(
+                f"{root}: data files do not match the manifest fingerprint "
+                f"({actual[:12]} != {manifest.fingerprint[:12]}): a file was changed, "
+                "truncated or removed"
+            )
+    return manifest
