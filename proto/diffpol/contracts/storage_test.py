@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from diffpol.contracts import ContractError
+from diffpol.contracts.atomic import atomic_directory, atomic_write_json
+from diffpol.contracts.dataset import (
+    DatasetManifest,
+    ReturnStats,
+    data_files,
+    fingerprint_files,
+    read_manifest,
+)
+from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
+
+
+def write_dataset(root, payload=b"rows"):
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "part-00000.parquet").write_bytes(payload)
+    manifest = DatasetManifest(
+        schema_version=1,
+        env_id="Pendulum-v1",
+        obs_dim=3,
+        act_dim=1,
+        action_low=(-2.0,),
+        action_high=(2.0,),
+        policy="expert",
+        policy_params={},
+        seed=0,
+        episodes=1,
+        transitions=200,
+        returns=ReturnStats(mean=-100.0, std=0.0, min=-100.0, max=-100.0),
+        fingerprint=fingerprint_files(data_files(root)),
+    )
+    atomic_write_json(root / "manifest.json", manifest.to_json())
+    return manifest
+
+
+def test_manifest_round_trip(tmp_path):
+    manifest = write_dataset(tmp_path)
+    assert read_manifest(tmp_path) == manifest
+
+
+def test_changed_data_file_is_detected(tmp_path):
+    write_dataset(tmp_path)
+    (tmp_path / "data" / "part-00000.parquet").write_bytes(b"row")  # truncated
+    with pytest.raises(ContractError, match="do not match the manifest fingerprint"):
+        read_manifest(tmp_path)
+
+
+def test_missing_manifest_means_incomplete(tmp_path):
+    with pytest.raises(ContractError, match="manifest.json is missing"):
+        read_manifest(tmp_path)
+
+
+def test_newer_manifest_is_rejected(tmp_path):
+    write_dataset(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    raw["schema_version"] = 9
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ContractError, match="newer than v1"):
+        read_manifest(tmp_path)
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        (staging / "half.parquet").write_bytes(b"x")
+        raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_on_success(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "a").write_text("1")
+    with atomic_directory(target, overwrite=True) as staging:
+        (staging / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+
+
+def test_normalizer_round_trip_and_affine_maps(tmp_path):
+    data = np.array([[0.0, -8.0], [2.0, 8.0], [1.0, 0.0]])
+    obs = AffineNormalizer.from_stats("minmax", min=data.min(0), max=data.max(0))
+    act = AffineNormalizer.from_stats("standard", mean=data.mean(0), std=data.std(0))
+    normalizer = Normalizer(obs=obs, action=act)
+    loaded = Normalizer.load(normalizer.save(tmp_path / "normalizer.json"))
+    assert loaded == normalizer
+    np.testing.assert_allclose(loaded.obs.normalize(data).min(0), [-1, -1])
+    np.testing.assert_allclose(loaded.obs.normalize(data).max(0), [1, 1])
+    np.testing.assert_allclose(loaded.action.unnormalize(loaded.action.normalize(data)), data, atol=1e-5)
+
+
+def test_normalizer_rejects_bad_files(tmp_path):
+    path = tmp_path / "normalizer.json"
+    path.write_text(json.dumps({"version": 2}))
+    with pytest.raises(ContractError, match="version 2 is not supported"):
+        Normalizer.load(path)
+    path.write_text(
+        json.dumps({"version": 1, "obs": {"mode": "minmax", "center": [0], "scale": [0]}, "action": {}})
+    )
+    with pytest.raises(ContractError, match="scale > 0"):
+        Normalizer.load(path)
