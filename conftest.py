@@ -18,7 +18,8 @@ def ray_local():
     """
     import ray
 
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("TMPDIR", "/tmp"))
+    # Ray puts AF_UNIX sockets under its temp dir, whose path must stay under 108 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(
         num_cpus=int(os.environ.get("DIFFPOL_TEST_RAY_CPUS", "2")),
         object_store_memory=100 * 1024 * 1024,

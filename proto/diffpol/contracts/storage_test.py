@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -103,3 +105,15 @@ def test_normalizer_rejects_bad_files(tmp_path):
     )
     with pytest.raises(ContractError, match="scale > 0"):
         Normalizer.load(path)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_directory(tmp_path / "d") as staging:
+            (staging / "f").write_text("1")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
