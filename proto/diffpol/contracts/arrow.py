@@ -129,7 +129,9 @@ def batch_from_envelope(message: transition_pb2.TransitionBatch) -> pa.Table:
     try:
         table = pa.ipc.open_stream(message.arrow_ipc).read_all()
     except pa.ArrowInvalid as exc:
-        raise ContractError(f"TransitionBatch.arrow_ipc is not a readable Arrow stream: {exc}")
+        raise ContractError(
+            f"TransitionBatch.arrow_ipc is not a readable Arrow stream: {exc}"
+        ) from exc
     return validate_batch(table, message.obs_dim, message.act_dim)
 
 

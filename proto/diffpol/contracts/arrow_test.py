@@ -78,7 +78,9 @@ def test_wrong_dtype_is_named():
 
 
 def test_wrong_width_is_named():
-    with pytest.raises(ContractError, match=r"column 'obs' has type fixed_size_list<item: float>\[3\]"):
+    with pytest.raises(
+        ContractError, match=r"column 'obs' has type fixed_size_list<item: float>\[3\]"
+    ):
         validate_batch(make_batch(), obs_dim=4, act_dim=ACT_DIM)
 
 

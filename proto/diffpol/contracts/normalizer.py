@@ -93,7 +93,9 @@ class Normalizer:
                 raise ContractError(f"normalizer.{key} needs mode, center and scale")
             center, scale = np.asarray(part["center"], float), np.asarray(part["scale"], float)
             if center.shape != scale.shape or center.ndim != 1:
-                raise ContractError(f"normalizer.{key}: center and scale must be equal-length lists")
+                raise ContractError(
+                    f"normalizer.{key}: center and scale must be equal-length lists"
+                )
             if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
                 raise ContractError(f"normalizer.{key}: values must be finite with scale > 0")
             parts[key] = AffineNormalizer(part["mode"], tuple(center), tuple(scale))

@@ -52,7 +52,7 @@ def test_changed_data_file_is_detected(tmp_path):
 
 
 def test_missing_manifest_means_incomplete(tmp_path):
-    with pytest.raises(ContractError, match="manifest.json is missing"):
+    with pytest.raises(ContractError, match=r"manifest\.json is missing"):
         read_manifest(tmp_path)
 
 
@@ -92,7 +92,9 @@ def test_normalizer_round_trip_and_affine_maps(tmp_path):
     assert loaded == normalizer
     np.testing.assert_allclose(loaded.obs.normalize(data).min(0), [-1, -1])
     np.testing.assert_allclose(loaded.obs.normalize(data).max(0), [1, 1])
-    np.testing.assert_allclose(loaded.action.unnormalize(loaded.action.normalize(data)), data, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.action.unnormalize(loaded.action.normalize(data)), data, atol=1e-5
+    )
 
 
 def test_normalizer_rejects_bad_files(tmp_path):
@@ -101,7 +103,9 @@ def test_normalizer_rejects_bad_files(tmp_path):
     with pytest.raises(ContractError, match="version 2 is not supported"):
         Normalizer.load(path)
     path.write_text(
-        json.dumps({"version": 1, "obs": {"mode": "minmax", "center": [0], "scale": [0]}, "action": {}})
+        json.dumps(
+            {"version": 1, "obs": {"mode": "minmax", "center": [0], "scale": [0]}, "action": {}}
+        )
     )
     with pytest.raises(ContractError, match="scale > 0"):
         Normalizer.load(path)

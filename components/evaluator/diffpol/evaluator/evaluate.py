@@ -1,0 +1,523 @@
+"""Evaluate policies on the same env seeds, in parallel Ray actors, reproducibly.
+
+Each policy runs on every chunk of seeds (see ``seeds`` for the chunking and noise rule);
+a chunk is one batch of envs stepped together, with one policy call per re-plan. Actors
+build each policy once from its picklable ``PolicySource`` and keep it while they work
+through that policy's chunks. ``workers=0`` runs everything in this process without Ray.
+
+After a policy's episodes, the chunks holding its best, median and worst episodes are run
+again with recording on, for the trajectory plots; the replayed returns must equal the
+first run's (``replay_matches``), a cheap check that the evaluation is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diffpol.contracts import Policy, PolicySpec
+from diffpol.evaluator.envs import (
+    AUTO_BACKEND,
+    EnvInfo,
+    VectorEnvAdapter,
+    env_info,
+    resolve_backend,
+)
+from diffpol.evaluator.episodes import ChunkResult, Trajectory, run_chunk
+from diffpol.evaluator.errors import EvaluationConfigError
+from diffpol.evaluator.policies import (
+    EnvDims,
+    PolicyInput,
+    PolicySource,
+    check_onnx_file,
+    check_policy,
+    close_policy,
+    policy_sources,
+)
+from diffpol.evaluator.seeds import (
+    DEFAULT_CHUNK_SIZE,
+    SeedChunk,
+    SeedRange,
+    check_noise_seed,
+    chunk_seeds,
+)
+from diffpol.evaluator.stats import ReturnSummary, summarize
+from diffpol.evaluator.tasks import TaskView, task_view
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_KINDS = ("best", "median", "worst")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    env_id: str
+    seeds: SeedRange
+    noise_seed: int = 0
+    # None: one actor per CPU of the Ray cluster (at most one per chunk); 0: this process.
+    workers: int | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    # rollout's env backend: "auto" (the env's default), "numpy", "envpool", "gymnasium".
+    backend: str = AUTO_BACKEND
+    # Ray address to connect to when Ray is not initialised yet (None: start a local one).
+    address: str | None = None
+    record_examples: bool = True
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    label: str
+    source: dict[str, str]
+    spec: PolicySpec
+    seeds: np.ndarray  # int64 [n]
+    returns: np.ndarray  # float64 [n]
+    lengths: np.ndarray  # int32 [n]
+    successes: np.ndarray  # bool [n]
+    summary: ReturnSummary
+    wall_time_s: float
+    policy_calls: int
+    ran_in: str  # "ray" or "driver"
+    # Fraction of episodes with return >= the env registry's threshold (None if it has none).
+    return_threshold_rate: float | None = None
+    examples: dict[str, Trajectory] = field(default_factory=dict)
+    example_seeds: dict[str, int] = field(default_factory=dict)
+    replay_matches: bool | None = None
+
+    def returns_by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds.tolist(), self.returns.tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    config: EvalConfig
+    env: EnvInfo
+    view: TaskView
+    backend: str
+    policies: list[PolicyResult]
+
+    def __getitem__(self, label: str) -> PolicyResult:
+        for result in self.policies:
+            if result.label == label:
+                return result
+        raise KeyError(f"no policy labelled {label!r}; have {[p.label for p in self.policies]}")
+
+    @property
+    def labels(self) -> list[str]:
+        return [p.label for p in self.policies]
+
+
+@dataclass(frozen=True)
+class PreparedEvaluation:
+    """An evaluation whose arguments and policies have been checked; run it with ``run_prepared``."""
+
+    config: EvalConfig
+    env: EnvInfo
+    view: TaskView
+    backend: str  # resolved: never "auto"
+    chunks: list[SeedChunk]
+    sources: list[PolicySource]
+    specs: dict[str, PolicySpec]
+    driver_only: frozenset[str]  # labels of policies that cannot be sent to Ray workers
+
+
+def evaluate(
+    policies: Sequence[PolicyInput | PolicySource] | Mapping[str, PolicyInput],
+    env_id: str,
+    seeds: SeedRange | str | range,
+    *,
+    noise_seed: int = 0,
+    workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    backend: str = AUTO_BACKEND,
+    address: str | None = None,
+    record_examples: bool = True,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Evaluate each policy on the env seeds ``seeds`` (``"0:1000"``, ``range(0, 1000)`` or a
+    ``SeedRange``). Policies: spec strings (``random``, ``zero``, ``expert``, a path to an
+    ONNX file, ``grpc://HOST:PORT``), ``Policy`` objects, or a mapping of labels to either.
+
+    Every argument is checked, and every policy built once and checked against the env,
+    before any episode runs; bad input raises ``EvaluationConfigError``.
+    """
+    config = EvalConfig(
+        env_id=env_id,
+        seeds=_as_seed_range(seeds),
+        noise_seed=noise_seed,
+        workers=workers,
+        chunk_size=chunk_size,
+        backend=backend,
+        address=address,
+        record_examples=record_examples,
+        progress=progress,
+    )
+    prepared = prepare(config, policies)
+    return run_prepared(prepared)
+
+
+def prepare(
+    config: EvalConfig,
+    policies: Sequence[PolicyInput | PolicySource] | Mapping[str, PolicyInput],
+) -> PreparedEvaluation:
+    """Validate everything up front: env, seeds, and each policy against the env."""
+    check_noise_seed(config.noise_seed)
+    _check_workers(config.workers)
+    env = env_info(config.env_id)
+    backend = resolve_backend(env.env_id, config.backend)
+    view = task_view(env.env_id)
+    chunks = chunk_seeds(config.seeds, config.chunk_size)
+    sources = policy_sources(policies)
+    dims = EnvDims(env.env_id, env.obs_dim, env.act_dim)
+    specs, driver_only = {}, set()
+    for source in sources:
+        if source.kind == "onnx":
+            check_onnx_file(source, dims)  # before loading: a clear message, no session
+        policy = _build_for_check(source, env.env_id)
+        try:
+            _check_built(source, policy, dims)
+            specs[source.label] = policy.spec
+        finally:
+            if source.kind != "object":
+                close_policy(policy)
+        if source.kind == "object" and config.workers != 0 and not _picklable(source):
+            log.warning(
+                "policy %r cannot be pickled for Ray workers; it runs in this process",
+                source.label,
+            )
+            driver_only.add(source.label)
+    return PreparedEvaluation(
+        config, env, view, backend, chunks, sources, specs, frozenset(driver_only)
+    )
+
+
+def _build_for_check(source: PolicySource, env_id: str) -> Policy:
+    if source.kind == "object":
+        return source.obj
+    try:
+        return source.build(env_id)
+    except ImportError as exc:
+        raise EvaluationConfigError(
+            f"policy {source.label!r} needs a component that is not installed: {exc}"
+        ) from exc
+    except Exception as exc:  # a file that is no model, a server that does not answer
+        raise EvaluationConfigError(
+            f"policy {source.label!r} could not be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _check_built(source: PolicySource, policy: Policy, dims: EnvDims) -> None:
+    try:
+        check_policy(source, policy, dims)  # reads spec: a gRPC client asks its server here
+    except EvaluationConfigError:
+        raise
+    except Exception as exc:
+        raise EvaluationConfigError(
+            f"policy {source.label!r} could not be queried: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def run_prepared(prepared: PreparedEvaluation) -> EvaluationResult:
+    config = prepared.config
+    needs_ray = config.workers != 0 and len(prepared.driver_only) < len(prepared.sources)
+    driver = _DriverRunner(prepared)
+    with _RayPool(prepared, enabled=needs_ray) as pool:
+        results = []
+        for source in prepared.sources:
+            use_pool = pool.enabled and source.label not in prepared.driver_only
+            results.append(_evaluate_one(prepared, source, pool if use_pool else driver))
+    return EvaluationResult(config, prepared.env, prepared.view, prepared.backend, results)
+
+
+def _evaluate_one(
+    prepared: PreparedEvaluation, source: PolicySource, runner: _Runner
+) -> PolicyResult:
+    config = prepared.config
+    start = time.perf_counter()
+    runner.load(source)
+    try:
+        chunk_results = list(
+            _progress(
+                runner.run_all(source.label, prepared.chunks, ()),
+                total=len(prepared.chunks),
+                desc=source.label,
+                enabled=config.progress,
+            )
+        )
+        wall_time = time.perf_counter() - start
+        chunk_results.sort(key=lambda r: r.seeds[0])
+        seeds = np.concatenate([np.asarray(r.seeds, np.int64) for r in chunk_results])
+        returns = np.concatenate([r.returns for r in chunk_results])
+        lengths = np.concatenate([r.lengths for r in chunk_results])
+        successes = np.concatenate([r.successes for r in chunk_results])
+        calls = sum(r.policy_calls for r in chunk_results)
+        example_seeds = _example_seeds(seeds, returns) if config.record_examples else {}
+        examples, replay_matches = {}, None
+        if example_seeds:
+            examples, replay_matches = _record_examples(
+                prepared, runner, source.label, example_seeds, seeds, returns
+            )
+    finally:
+        runner.unload(source.label)
+    return PolicyResult(
+        label=source.label,
+        source=source.describe(),
+        spec=prepared.specs[source.label],
+        seeds=seeds,
+        returns=returns,
+        lengths=lengths,
+        successes=successes,
+        summary=summarize(returns, successes),
+        return_threshold_rate=_rate_at_least(returns, prepared.env.return_threshold),
+        wall_time_s=wall_time,
+        policy_calls=calls,
+        ran_in=runner.name,
+        examples=examples,
+        example_seeds=example_seeds,
+        replay_matches=replay_matches,
+    )
+
+
+def _rate_at_least(returns: np.ndarray, threshold: float | None) -> float | None:
+    return None if threshold is None else float(np.mean(returns >= threshold))
+
+
+def _example_seeds(seeds: np.ndarray, returns: np.ndarray) -> dict[str, int]:
+    """Seeds of the best, median (lower middle) and worst episodes; ties go to the lower seed."""
+    order = np.lexsort((seeds, returns))  # ascending return, then seed
+    best = np.lexsort((seeds, -returns))[0]
+    return {
+        "best": int(seeds[best]),
+        "median": int(seeds[order[(len(order) - 1) // 2]]),
+        "worst": int(seeds[order[0]]),
+    }
+
+
+def _record_examples(
+    prepared: PreparedEvaluation,
+    runner: _Runner,
+    label: str,
+    example_seeds: dict[str, int],
+    seeds: np.ndarray,
+    returns: np.ndarray,
+) -> tuple[dict[str, Trajectory], bool]:
+    wanted = set(example_seeds.values())
+    chunks = [c for c in prepared.chunks if wanted & set(c.seeds)]
+    trajectories: dict[int, Trajectory] = {}
+    for result in runner.run_all(label, chunks, tuple(sorted(wanted))):
+        trajectories.update(result.trajectories)
+    first_run = dict(zip(seeds.tolist(), returns.tolist(), strict=True))
+    matches = all(trajectories[s].episode_return == first_run[s] for s in wanted)
+    if not matches:
+        diffs = {s: trajectories[s].episode_return - first_run[s] for s in wanted}
+        log.warning("policy %r: replayed returns differ from the first run: %s", label, diffs)
+    return {kind: trajectories[seed] for kind, seed in example_seeds.items()}, matches
+
+
+# --- where chunks run ---------------------------------------------------------------
+
+
+class _Runner:
+    name: str
+
+    def load(self, source: PolicySource) -> None: ...
+
+    def unload(self, label: str) -> None: ...
+
+    def run_all(
+        self, label: str, chunks: Sequence[SeedChunk], record_seeds: tuple[int, ...]
+    ) -> Iterable[ChunkResult]: ...
+
+
+class _ChunkWorker:
+    """Holds built policies and runs chunks; used in the driver and as a Ray actor."""
+
+    def __init__(self, env: EnvInfo, view: TaskView, backend: str, noise_seed: int) -> None:
+        self._env, self._view = env, view
+        self._backend, self._noise_seed = backend, noise_seed
+        self._policies: dict[str, Policy] = {}
+        self._owned: set[str] = set()
+
+    def load(self, source: PolicySource) -> None:
+        self._policies[source.label] = source.build(self._env.env_id)
+        if source.kind != "object":
+            self._owned.add(source.label)
+
+    def unload(self, label: str) -> None:
+        policy = self._policies.pop(label, None)
+        if policy is not None and label in self._owned:
+            close_policy(policy)
+        self._owned.discard(label)
+
+    def run(self, label: str, chunk: SeedChunk, record_seeds: tuple[int, ...]) -> ChunkResult:
+        env = VectorEnvAdapter(self._env.env_id, chunk.seeds, self._backend)
+        try:
+            return run_chunk(
+                self._policies[label],
+                env,
+                chunk,
+                noise_seed=self._noise_seed,
+                view=self._view,
+                max_steps=self._env.max_episode_steps,
+                record_seeds=record_seeds,
+            )
+        finally:
+            env.close()
+
+
+class _DriverRunner(_Runner):
+    name = "driver"
+
+    def __init__(self, prepared: PreparedEvaluation) -> None:
+        config = prepared.config
+        self._worker = _ChunkWorker(
+            prepared.env, prepared.view, prepared.backend, config.noise_seed
+        )
+
+    def load(self, source: PolicySource) -> None:
+        self._worker.load(source)
+
+    def unload(self, label: str) -> None:
+        self._worker.unload(label)
+
+    def run_all(self, label, chunks, record_seeds):
+        for chunk in chunks:
+            yield self._worker.run(label, chunk, record_seeds)
+
+
+class _RayPool(_Runner):
+    """Ray actors running chunks; each keeps at most one chunk in flight."""
+
+    name = "ray"
+
+    def __init__(self, prepared: PreparedEvaluation, *, enabled: bool) -> None:
+        self._prepared = prepared
+        self.enabled = enabled
+        self._actors: list = []
+        self._started_ray = False
+
+    def __enter__(self) -> _RayPool:
+        if not self.enabled:
+            return self
+        import ray
+
+        config = self._prepared.config
+        if not ray.is_initialized():
+            ray.init(
+                address=config.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
+            )
+            self._started_ray = True
+        count = config.workers
+        if count is None:
+            count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        count = max(1, min(count, len(self._prepared.chunks)))
+        # One CPU each, or a share of what is free: an actor that cannot be scheduled would
+        # hold its chunk forever.
+        free = float(ray.available_resources().get("CPU", 0.0))
+        cpus = 1.0 if free >= count else round(max(free, 0.0) / count, 4)
+        actor_class = ray.remote(num_cpus=cpus)(_RayChunkWorker)
+        self._actors = [
+            actor_class.remote(
+                self._prepared.env, self._prepared.view, self._prepared.backend, config.noise_seed
+            )
+            for _ in range(count)
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        if self._started_ray:
+            ray.shutdown()
+
+    def load(self, source: PolicySource) -> None:
+        import ray
+
+        source_ref = ray.put(source)
+        ray.get([actor.load.remote(source_ref) for actor in self._actors])
+
+    def unload(self, label: str) -> None:
+        import ray
+
+        ray.get([actor.unload.remote(label) for actor in self._actors])
+
+    def run_all(self, label, chunks, record_seeds):
+        import ray
+
+        pending = list(chunks)
+        in_flight = {}
+        idle = list(self._actors)
+        while pending or in_flight:
+            while pending and idle:
+                actor = idle.pop()
+                in_flight[actor.run.remote(label, pending.pop(0), record_seeds)] = actor
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            actor = in_flight.pop(done[0])
+            idle.append(actor)
+            yield ray.get(done[0])
+
+
+class _RayChunkWorker(_ChunkWorker):
+    """The actor: one policy call at a time on one CPU, so limit library thread pools."""
+
+    def load(self, source: PolicySource) -> None:
+        super().load(source)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+
+
+# --- argument checks ----------------------------------------------------------------
+
+
+def _as_seed_range(seeds: SeedRange | str | range) -> SeedRange:
+    if isinstance(seeds, SeedRange):
+        return seeds
+    if isinstance(seeds, str):
+        return SeedRange.parse(seeds)
+    if isinstance(seeds, range):
+        if seeds.step != 1:
+            raise EvaluationConfigError(f"seed range {seeds} must have step 1")
+        return SeedRange(seeds.start, seeds.stop)
+    raise EvaluationConfigError(
+        f"seeds must be 'START:STOP', a range or a SeedRange, got {type(seeds).__name__}"
+    )
+
+
+def _check_workers(workers: int | None) -> int | None:
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise EvaluationConfigError(
+            f"workers must be a non-negative integer (0 runs in this process), got {workers!r}"
+        )
+    return workers
+
+
+def _picklable(source: PolicySource) -> bool:
+    import ray.cloudpickle
+
+    try:
+        ray.cloudpickle.dumps(source)
+    except Exception:  # any failure to serialise means: keep it in this process
+        return False
+    return True
+
+
+def _progress(items: Iterable, *, total: int, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="chunk", file=sys.stderr)

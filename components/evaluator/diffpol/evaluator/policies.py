@@ -1,0 +1,216 @@
+"""Which policy to evaluate: parse a spec, check it against the env, build it in a worker.
+
+A ``PolicySource`` is what travels to Ray workers: a small, picklable description from
+which each worker builds its own policy (an ONNX session or a gRPC channel cannot be
+pickled). A ``Policy`` object given programmatically travels by value (cloudpickle).
+
+The sampler and rollout components are imported only when a policy needs them, so the
+evaluator's core runs without them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from diffpol.contracts import Policy
+from diffpol.evaluator.errors import EvaluationConfigError
+
+# rollout's data policies (``diffpol.rollout.policies.make_policy``), default parameters.
+BUILTIN_POLICIES = ("random", "zero", "expert", "expert-dp", "expert-scripted", "noisy-expert")
+GRPC_PREFIX = "grpc://"
+ONNX_PREFIX = "onnx:"
+_LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
+
+Kind = Literal["builtin", "onnx", "grpc", "object"]
+PolicyInput = str | Policy
+
+
+@dataclass(frozen=True)
+class EnvDims:
+    """What a policy must match: the env id and its dimensions."""
+
+    env_id: str
+    obs_dim: int
+    act_dim: int
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """A policy to evaluate, under ``label``, as a picklable recipe."""
+
+    label: str
+    kind: Kind
+    target: str = ""  # builtin name, ONNX path or host:port
+    obj: Any = None  # the Policy itself, for kind "object"
+
+    def build(self, env_id: str) -> Policy:
+        if self.kind == "object":
+            return self.obj
+        if self.kind == "builtin":
+            from diffpol.rollout.policies import make_policy
+
+            return make_policy(self.target, env_id)
+        if self.kind == "onnx":
+            from diffpol.sampler import OnnxPolicy
+
+            return OnnxPolicy(self.target)
+        from diffpol.sampler import SamplerClient
+
+        return SamplerClient(self.target)
+
+    def describe(self) -> dict[str, str]:
+        if self.kind == "object":
+            return {
+                "kind": "object",
+                "type": f"{type(self.obj).__module__}.{type(self.obj).__qualname__}",
+            }
+        return {"kind": self.kind, "target": self.target}
+
+
+def parse_policy(spec: str, label: str | None = None) -> PolicySource:
+    """Parse ``random|zero|expert``, ``grpc://HOST:PORT``, ``[onnx:]PATH.onnx`` and an
+    optional ``LABEL=`` prefix naming it in the outputs (e.g. ``ddim=model.onnx``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise EvaluationConfigError(f"policy spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if label is None and "=" in spec and not Path(spec).exists():
+        head, tail = spec.split("=", 1)
+        if _LABEL.match(head) and tail:
+            label, spec = head, tail
+    label = label or spec
+    if spec in BUILTIN_POLICIES:
+        return PolicySource(label, "builtin", spec)
+    if spec.startswith(GRPC_PREFIX):
+        address = spec[len(GRPC_PREFIX) :]
+        match = _HOST_PORT.match(address)
+        if not match or not 0 < int(match.group("port")) < 65536:
+            raise EvaluationConfigError(
+                f"policy {spec!r}: expected grpc://HOST:PORT with a port in 1..65535"
+            )
+        return PolicySource(label, "grpc", address)
+    path_text = spec[len(ONNX_PREFIX) :] if spec.startswith(ONNX_PREFIX) else spec
+    path = Path(path_text).expanduser()
+    if path.is_file():
+        return PolicySource(label, "onnx", str(path.resolve()))
+    if spec.startswith(ONNX_PREFIX) or path.suffix == ".onnx" or "/" in path_text:
+        raise EvaluationConfigError(f"policy {spec!r}: model file {str(path)!r} does not exist")
+    raise EvaluationConfigError(
+        f"unknown policy {spec!r}: expected a path to an .onnx file, grpc://HOST:PORT, "
+        f"or one of {', '.join(BUILTIN_POLICIES)}"
+    )
+
+
+def policy_sources(
+    policies: Sequence[PolicyInput | PolicySource] | Mapping[str, PolicyInput],
+) -> list[PolicySource]:
+    """Normalise the ways a caller names policies; labels must be unique."""
+    if isinstance(policies, Mapping):
+        items = [(str(label), policy) for label, policy in policies.items()]
+    else:
+        items = [(None, policy) for policy in policies]
+    if not items:
+        raise EvaluationConfigError("no policy given: pass at least one")
+    sources = []
+    for index, (label, policy) in enumerate(items):
+        if isinstance(policy, PolicySource):
+            sources.append(policy)
+        elif isinstance(policy, str):
+            sources.append(parse_policy(policy, label))
+        elif isinstance(policy, Policy):
+            name = label or getattr(policy, "name", None) or f"{type(policy).__name__}-{index}"
+            sources.append(PolicySource(str(name), "object", obj=policy))
+        else:
+            raise EvaluationConfigError(
+                f"policy #{index} ({type(policy).__name__}) is neither a spec string nor an "
+                "object with `spec: PolicySpec` and `act(obs, seed)`"
+            )
+    labels = [s.label for s in sources]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise EvaluationConfigError(
+            f"policy label(s) {', '.join(duplicates)} given more than once: name them "
+            "apart (LABEL=SPEC on the command line, or a mapping of labels to policies)"
+        )
+    return sources
+
+
+def check_policy(source: PolicySource, policy: Policy, env: EnvDims) -> None:
+    """Reject a policy whose dimensions, action chunking or env id do not fit ``env``."""
+    spec = getattr(policy, "spec", None)
+    if spec is None or not callable(getattr(policy, "act", None)):
+        raise EvaluationConfigError(
+            f"policy {source.label!r} does not implement Policy (needs `spec` and `act`)"
+        )
+    problems = []
+    if spec.obs_dim != env.obs_dim:
+        problems.append(f"obs_dim {spec.obs_dim} != {env.obs_dim}")
+    if spec.act_dim != env.act_dim:
+        problems.append(f"act_dim {spec.act_dim} != {env.act_dim}")
+    if spec.n_obs_steps < 1 or spec.n_action_steps < 1:
+        problems.append(
+            f"n_obs_steps {spec.n_obs_steps} and n_action_steps {spec.n_action_steps} must be >= 1"
+        )
+    policy_env = policy_env_id(source, policy)
+    if policy_env is not None and policy_env != env.env_id:
+        problems.append(f"it was made for env {policy_env!r}")
+    if problems:
+        raise EvaluationConfigError(
+            f"policy {source.label!r} does not fit env {env.env_id!r}: " + "; ".join(problems)
+        )
+
+
+def policy_env_id(source: PolicySource, policy: Policy) -> str | None:
+    """The env id a policy declares (an ``env_id`` attribute or metadata), if any."""
+    value = getattr(policy, "env_id", None)
+    if isinstance(value, str) and value:
+        return value
+    metadata = getattr(policy, "metadata", None)
+    if isinstance(metadata, Mapping):
+        value = metadata.get("env_id")
+    else:  # the sampler's ModelMetadata
+        value = getattr(metadata, "env_id", None)
+    if isinstance(value, str) and value:
+        return value
+    if source.kind == "onnx":
+        return onnx_metadata(source.target).get("env_id")
+    model_info = getattr(policy, "model_info", None)  # the sampler's gRPC client
+    if source.kind == "grpc" and callable(model_info):
+        return model_info().env_id or None
+    return None
+
+
+def check_onnx_file(source: PolicySource, env: EnvDims) -> None:
+    """Check an ONNX file's diffpol metadata against the env without loading the model."""
+    metadata = onnx_metadata(source.target)
+    problems = []
+    if metadata.get("env_id") and metadata["env_id"] != env.env_id:
+        problems.append(f"it was exported for env {metadata['env_id']!r}")
+    for key, expected in (("obs_dim", env.obs_dim), ("act_dim", env.act_dim)):
+        if key in metadata and metadata[key] != str(expected):
+            problems.append(f"its {key} is {metadata[key]}, the env's is {expected}")
+    if problems:
+        raise EvaluationConfigError(
+            f"model {source.target!r} does not fit env {env.env_id!r}: " + "; ".join(problems)
+        )
+
+
+def onnx_metadata(path: str) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file; a file that is not ONNX raises with its name."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a non-model file
+        raise EvaluationConfigError(f"{path!r} is not a readable ONNX model: {exc}") from exc
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def close_policy(policy: Policy) -> None:
+    close = getattr(policy, "close", None)
+    if callable(close):
+        close()
