@@ -1,0 +1,64 @@
+"""Ray Data settings for this pipeline, applied only while it runs.
+
+Ray Data's defaults target large clusters. Measured on the 2-core dev machine (100k
+transitions, see the component report), three of them cost more than the work itself:
+
+- ``use_datasource_v2`` (Parquet reads through ListFiles/ReadFiles): every read starts
+  FooterReader actors, about 5 s per ``read_parquet`` here, against 0.2 s with the V1 reader.
+- the default hash shuffle (``shuffle_v2``) starts aggregator actors: 7-12 s for the
+  group-by over 100k rows, against 0.9 s with the task-based sort shuffle.
+- ``read_op_min_num_blocks=200`` splits small inputs into hundreds of tiny blocks (the
+  seed tutorial's 27 s ``random_shuffle`` over 10k rows is mostly that); two blocks per CPU
+  keep every core busy without the per-block overhead.
+
+``DataContext`` is process-global, so the previous values are restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import ray
+from ray.data import DataContext
+from ray.data.context import ShuffleStrategy
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
+
+
+@contextlib.contextmanager
+def pipeline_data_context(*, progress: bool) -> Iterator[DataContext]:
+    """Apply this component's Ray Data settings to the current context, then restore them."""
+    ctx = DataContext.get_current()
+    settings = {
+        "use_datasource_v2": False,
+        "shuffle_strategy": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED,
+        "read_op_min_num_blocks": 2 * cluster_cpus(),
+        "enable_progress_bars": progress,
+        "print_on_execution_start": progress,
+        # Errors raised in our map functions (e.g. a ContractError naming a broken
+        # episode) reach the caller as themselves rather than as UserCodeException.
+        "raise_original_map_exception": True,
+    }
+    previous = {name: getattr(ctx, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(ctx, name, value)
+        yield ctx
+    finally:
+        for name, value in previous.items():
+            setattr(ctx, name, value)
+
+
+@contextlib.contextmanager
+def reader_data_context() -> Iterator[None]:
+    """Only the V1 Parquet reader (see above), for callers reading the samples."""
+    ctx = DataContext.get_current()
+    previous = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = previous

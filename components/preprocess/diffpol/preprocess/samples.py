@@ -1,0 +1,234 @@
+"""The preprocessed-samples artifact: ``samples.json``, its validation, and readers.
+
+Layout of OUT (architecture item 4)::
+
+    OUT/samples.json      SamplesInfo: shapes, env, counts, sources, config (written last)
+    OUT/normalizer.json   diffpol.contracts.Normalizer
+    OUT/train/*.parquet   rows in sample_schema(...)
+    OUT/val/*.parquet     same; one empty file when the split has no episodes
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from diffpol.contracts.errors import ContractError
+from diffpol.contracts.normalizer import Normalizer
+from diffpol.preprocess.windows import sample_schema
+
+SAMPLES_VERSION = 1
+SAMPLES_FILE = "samples.json"
+NORMALIZER_FILE = "normalizer.json"
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    rows: int
+    episodes: int
+    files: tuple[str, ...]  # relative to OUT
+
+
+@dataclass(frozen=True)
+class SamplesInfo:
+    version: int
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    n_obs_steps: int
+    horizon: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    # "expert_action", "action", or "expert_action, else action" (per row) when mixed.
+    label: str
+    # Rows whose label came from each column.
+    label_rows: dict[str, int]
+    # Normaliser mode per part, e.g. {"obs": "standard", "action": "minmax"}.
+    normalizer: dict[str, str]
+    train: SplitInfo
+    val: SplitInfo
+    # One entry per input dataset: path, fingerprint, policy, seed, episodes, transitions.
+    sources: tuple[dict[str, Any], ...]
+    config: dict[str, Any] = field(default_factory=dict)
+    shuffle: str = ""
+    created_by: str = ""
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    @property
+    def obs_width(self) -> int:
+        return self.n_obs_steps * self.obs_dim
+
+    @property
+    def action_width(self) -> int:
+        return self.horizon * self.act_dim
+
+    def schema(self) -> pa.Schema:
+        return sample_schema(self.n_obs_steps, self.horizon, self.obs_dim, self.act_dim)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> SamplesInfo:
+        if not isinstance(raw, dict):
+            raise ContractError("samples.json must hold a JSON object")
+        version = raw.get("version")
+        if version != SAMPLES_VERSION:
+            raise ContractError(
+                f"samples.json has version {version!r}; this reader supports {SAMPLES_VERSION} "
+                "(re-run preprocess, or upgrade diffpol-preprocess)"
+            )
+        required = [
+            n
+            for n, f in cls.__dataclass_fields__.items()
+            if f.default is MISSING and f.default_factory is MISSING
+        ]
+        missing = [n for n in required if n not in raw]
+        if missing:
+            raise ContractError(f"samples.json is missing field(s): {', '.join(missing)}")
+        try:
+            values = {n: raw[n] for n in cls.__dataclass_fields__ if n in raw}
+            for name in SPLITS:
+                split = raw[name]
+                values[name] = SplitInfo(
+                    int(split["rows"]), int(split["episodes"]), tuple(split["files"])
+                )
+            values["action_low"] = tuple(float(x) for x in raw["action_low"])
+            values["action_high"] = tuple(float(x) for x in raw["action_high"])
+            values["sources"] = tuple(raw["sources"])
+            info = cls(**values)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"samples.json is malformed: {exc!r}") from exc
+        info._check()
+        return info
+
+    def _check(self) -> None:
+        problems = []
+        for name in ("obs_dim", "act_dim", "n_obs_steps", "horizon"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
+            problems.append(f"action_low/action_high must have act_dim={self.act_dim} values")
+        if self.train.rows < 1:
+            problems.append("the train split is empty")
+        for name in SPLITS:
+            split = self.split(name)
+            if split.rows < 0 or split.episodes < 0 or not split.files:
+                problems.append(f"{name}: counts must be >= 0 and at least one file listed")
+        if problems:
+            raise ContractError("samples.json is inconsistent: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A loaded, validated preprocess output."""
+
+    root: Path
+    info: SamplesInfo
+    normalizer: Normalizer
+
+    def files(self, split: str) -> list[Path]:
+        return [self.root / name for name in self.info.split(split).files]
+
+
+def load_samples(out_dir: str | Path) -> Samples:
+    """Read ``samples.json`` and ``normalizer.json`` of a preprocess output and check that
+    they agree with each other and with the Parquet files they list (footers only)."""
+    root = Path(out_dir)
+    path = root / SAMPLES_FILE
+    if not path.is_file():
+        raise ContractError(
+            f"{root} is not a complete preprocess output: {SAMPLES_FILE} is missing"
+        )
+    try:
+        info = SamplesInfo.from_json(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path} is not valid JSON: {exc}") from exc
+    normalizer = (
+        Normalizer.load(root / NORMALIZER_FILE) if (root / NORMALIZER_FILE).is_file() else None
+    )
+    if normalizer is None:
+        raise ContractError(f"{root}: {NORMALIZER_FILE} is missing")
+    if normalizer.obs.dim != info.obs_dim or normalizer.action.dim != info.act_dim:
+        raise ContractError(
+            f"{root}: normalizer dims (obs {normalizer.obs.dim}, action {normalizer.action.dim}) "
+            f"do not match samples.json (obs_dim {info.obs_dim}, act_dim {info.act_dim})"
+        )
+    if {"obs": normalizer.obs.mode, "action": normalizer.action.mode} != info.normalizer:
+        raise ContractError(f"{root}: normalizer modes do not match samples.json")
+    samples = Samples(root, info, normalizer)
+    expected = info.schema()
+    for split in SPLITS:
+        rows = 0
+        for file in samples.files(split):
+            try:
+                meta = pq.ParquetFile(file)
+                schema, n = meta.schema_arrow, meta.metadata.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise ContractError(
+                    f"{file} (listed in {SAMPLES_FILE}) is unreadable: {exc}"
+                ) from exc
+            if not schema.remove_metadata().equals(expected.remove_metadata()):
+                raise ContractError(
+                    f"{file} has schema {schema.remove_metadata()}, expected {expected.remove_metadata()}"
+                )
+            rows += n
+        if rows != info.split(split).rows:
+            raise ContractError(
+                f"{root}/{split}: files hold {rows} rows, samples.json says {info.split(split).rows}"
+            )
+    return samples
+
+
+def sample_datasets(samples: Samples | str | Path):
+    """``(train, val)`` Ray datasets of a preprocess output (``ray.data.read_parquet``).
+
+    Rows keep the flattened layout; ``iter_torch_batches`` yields ``obs`` [B, To*obs_dim]
+    and ``action`` [B, T*act_dim] float32 tensors (see ``unflatten`` for numpy batches).
+    """
+    import ray
+
+    from diffpol.preprocess.ray_settings import reader_data_context
+
+    if not isinstance(samples, Samples):
+        samples = load_samples(samples)
+    with reader_data_context():
+        return tuple(
+            ray.data.read_parquet([str(p) for p in samples.files(split)]) for split in SPLITS
+        )
+
+
+def unflatten(batch: dict[str, Any], info: SamplesInfo) -> tuple[np.ndarray, np.ndarray]:
+    """``obs`` [B, To, obs_dim] and ``action`` [B, T, act_dim] float32 from a batch of rows.
+
+    Accepts 2-D arrays (torch-style batches), lists of rows (``Table.to_pydict()``) and the
+    object arrays of per-row vectors that Ray's numpy batch format gives for fixed-size
+    list columns.
+    """
+
+    def dense(values: Any, width: int) -> np.ndarray:
+        array = np.asarray(values)
+        if len(array) == 0:
+            return np.zeros((0, width), np.float32)
+        if array.dtype == object:
+            array = np.stack(array)
+        array = array.astype(np.float32, copy=False)
+        if array.ndim != 2 or array.shape[1] != width:
+            raise ContractError(f"expected a [B, {width}] batch column, got shape {array.shape}")
+        return array
+
+    obs = dense(batch["obs"], info.obs_width).reshape(-1, info.n_obs_steps, info.obs_dim)
+    action = dense(batch["action"], info.action_width).reshape(-1, info.horizon, info.act_dim)
+    return obs, action
