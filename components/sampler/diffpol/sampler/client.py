@@ -1,0 +1,278 @@
+"""Client of the v1 SamplerService; also a ``diffpol.contracts.Policy`` backed by a server.
+
+Calls that fail with UNAVAILABLE (server restarting, not up yet) or DEADLINE_EXCEEDED are
+retried with exponential backoff; each attempt has its own deadline of ``timeout_s``.
+Input problems raise ``SamplerInputError`` with the same codes an in-process
+``OnnxPolicy`` uses, so callers handle local and remote policies alike.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from diffpol.contracts import PolicySpec, numpy_to_tensor, tensor_to_numpy
+from diffpol.sampler.errors import SamplerInputError, SamplerRpcError
+from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
+
+SERVICE_NAME = sampler_pb2.DESCRIPTOR.services_by_name["SamplerService"].full_name
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_INPUT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
+    grpc.StatusCode.FAILED_PRECONDITION: "FAILED_PRECONDITION",
+}
+_DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
+
+
+def parse_address(address: str) -> str:
+    """'host:port' or 'grpc://host:port' (IPv6 as '[::1]:port') -> a gRPC target."""
+    target = address.strip()
+    if target.startswith("grpc://"):
+        target = target[len("grpc://") :]
+    elif "://" in target:
+        raise ValueError(
+            f"unsupported address scheme in {address!r}: use host:port or grpc://host:port"
+        )
+    target = target.rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"address {address!r} is not host:port (or grpc://host:port)")
+    return target
+
+
+def _as_error(exc: grpc.RpcError, what: str) -> Exception:
+    code = exc.code()
+    details = exc.details() or ""
+    if code in _INPUT_CODES:
+        return SamplerInputError(details, code=_INPUT_CODES[code])  # type: ignore[arg-type]
+    return SamplerRpcError(f"{what} failed with {code.name}: {details}", code.name)
+
+
+class SamplerClient:
+    """Blocking client for a sampler server; thread-safe (one channel, shared)."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 2.0,
+        retries: int = 3,
+        *,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 1.0,
+        model_version: str = "",
+        max_message_bytes: int = _DEFAULT_MESSAGE_BYTES,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.address = parse_address(address)
+        self.timeout_s, self.retries = timeout_s, retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.model_version = model_version
+        self._channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # Reconnect quickly after a restart (gRPC's default backoff grows to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", int(max(max_backoff_s, 0.1) * 1000)),
+                # Our own retries (with per-attempt deadlines) replace gRPC's built-in ones.
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self._stub = sampler_pb2_grpc.SamplerServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._spec: PolicySpec | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        return delay * (0.5 + random.random() / 2)  # jitter: restarts are not stampedes
+
+    def _call(
+        self, what: str, fn: Callable[..., T], request: Any, timeout_s: float | None = None
+    ) -> T:
+        timeout = timeout_s or self.timeout_s
+        attempt = 0
+        while True:
+            try:
+                return fn(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt >= self.retries:
+                    raise _as_error(exc, what) from None
+            time.sleep(self._backoff(attempt))
+            attempt += 1
+
+    def _request(self, obs: np.ndarray, seed: int | None) -> sampler_pb2.SampleRequest:
+        obs = np.asarray(obs)
+        if obs.dtype.kind != "f":
+            raise SamplerInputError(
+                f"obs must be a floating-point array, got dtype {obs.dtype} "
+                "(convert with .astype(np.float32))"
+            )
+        request = sampler_pb2.SampleRequest(
+            obs=numpy_to_tensor(obs), model_version=self.model_version
+        )
+        if seed is not None:
+            if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+                raise SamplerInputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+            request.seed = int(seed)
+        return request
+
+    # -- API -----------------------------------------------------------------------------
+
+    def sample(
+        self, obs: np.ndarray, seed: int | None = None, timeout_s: float | None = None
+    ) -> np.ndarray:
+        """Actions [B, n_action_steps, act_dim] for obs [B, n_obs_steps, obs_dim]."""
+        response = self._call("Sample", self._stub.Sample, self._request(obs, seed), timeout_s)
+        return tensor_to_numpy(response.action, "action")
+
+    def model_info(self, timeout_s: float | None = None) -> sampler_pb2.ModelInfo:
+        return self._call(
+            "GetModelInfo", self._stub.GetModelInfo, sampler_pb2.GetModelInfoRequest(), timeout_s
+        )
+
+    def health(self, service: str = SERVICE_NAME, timeout_s: float | None = None) -> bool:
+        """True if the server reports SERVING for ``service`` (no retries: a probe)."""
+        try:
+            response = self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s
+            )
+        except grpc.RpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def stream(self, timeout_s: float | None = None) -> SampleStream:
+        """A bidirectional stream for control loops: ``stream.sample(obs, seed)`` per step."""
+        return SampleStream(self, timeout_s or self.timeout_s)
+
+    # -- Policy protocol -----------------------------------------------------------------
+
+    @property
+    def spec(self) -> PolicySpec:
+        if self._spec is None:
+            info = self.model_info()
+            self._spec = PolicySpec(
+                info.obs_dim, info.act_dim, info.n_obs_steps, info.n_action_steps
+            )
+        return self._spec
+
+    def act(self, obs: np.ndarray, seed: int | None = None) -> np.ndarray:
+        return self.sample(obs, seed)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SamplerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SamplerClient({self.address!r})"
+
+
+_END = object()
+
+
+class SampleStream:
+    """One request in flight at a time over a SampleStream call, reopened on failure.
+
+    Each ``sample`` waits at most ``timeout_s`` for its answer: a watchdog cancels a stuck
+    call, and UNAVAILABLE / timed-out calls are retried on a fresh stream like unary ones.
+    """
+
+    def __init__(self, client: SamplerClient, timeout_s: float) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._waiting_since: float | None = None
+        self._timed_out = False
+        self._closed = threading.Event()
+        self._open()
+        self._watchdog = threading.Thread(
+            target=self._watch, name="sample-stream-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def _open(self) -> None:
+        previous = getattr(self, "_call", None)
+        if previous is not None:  # end the old call and its request iterator
+            self._requests.put(_END)
+            previous.cancel()
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._call = self._client._stub.SampleStream(iter(self._requests.get, _END))
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._timeout_s / 4):
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > self._timeout_s:
+                self._timed_out = True
+                self._call.cancel()
+
+    def sample(self, obs: np.ndarray, seed: int | None = None) -> np.ndarray:
+        if self._closed.is_set():
+            raise RuntimeError("this SampleStream is closed")
+        request = self._client._request(obs, seed)
+        with self._lock:
+            attempt = 0
+            while True:
+                self._timed_out = False
+                self._requests.put(request)
+                self._waiting_since = time.monotonic()
+                try:
+                    response = next(self._call)
+                    return tensor_to_numpy(response.action, "action")
+                except grpc.RpcError as exc:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if self._timed_out else exc.code()
+                    if code not in RETRYABLE or attempt >= self._client.retries:
+                        self._open()  # the failed call is over; leave a usable stream behind
+                        if self._timed_out:
+                            raise SamplerRpcError(
+                                f"SampleStream got no answer within {self._timeout_s} s",
+                                "DEADLINE_EXCEEDED",
+                            ) from None
+                        raise _as_error(exc, "SampleStream") from None
+                except StopIteration:  # the server ended the stream: reopen and resend
+                    if attempt >= self._client.retries:
+                        self._open()
+                        raise SamplerRpcError(
+                            "the server closed the stream", "UNAVAILABLE"
+                        ) from None
+                finally:
+                    self._waiting_since = None
+                time.sleep(self._client._backoff(attempt))
+                attempt += 1
+                self._open()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._requests.put(_END)
+        self._call.cancel()
+        self._watchdog.join(timeout=5)
+
+    def __enter__(self) -> SampleStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

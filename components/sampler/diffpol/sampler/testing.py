@@ -1,0 +1,232 @@
+"""A small, real denoising loop for the sampler's tests and benchmarks.
+
+The trainer owns the production ``DenoisingLoop``; the export only relies on its duck type
+(``forward(obs_norm, noise, step_noise=None)`` plus ``sampler``, ``steps`` and
+``step_noise_steps``). This module builds an untrained loop with that interface: an
+epsilon-predicting MLP and an unrolled DDIM or DDPM update whose schedule coefficients are
+Python floats, as the architecture agreement requires, so the export sees constants.
+Weights are random, so actions are meaningless; shapes, numerics and speed are real.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+Activation = Literal["mish", "mish_fast", "silu", "relu"]
+
+
+def cosine_alpha_bars(num_train_timesteps: int, max_beta: float = 0.999) -> list[float]:
+    """Cumulative alpha products of the cosine ("squaredcos_cap_v2") schedule, as floats."""
+
+    def f(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    alpha_bars, running = [], 1.0
+    for i in range(num_train_timesteps):
+        beta = min(1 - f((i + 1) / num_train_timesteps) / f(i / num_train_timesteps), max_beta)
+        running *= 1 - beta
+        alpha_bars.append(running)
+    return alpha_bars
+
+
+class FastMish(nn.Module):
+    """Mish written as x * tanh(softplus(x)) with softplus = relu(x) + log1p(exp(-|x|)).
+
+    Same values as ``nn.Mish``; onnxruntime's Softplus kernel is scalar and slow, while
+    Relu, Abs, Exp, Log and Tanh are vectorised (baseline.md measured the difference).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tanh(torch.relu(x) + torch.log1p(torch.exp(-torch.abs(x))))
+
+
+def _activation(name: Activation) -> nn.Module:
+    modules = {"mish": nn.Mish, "mish_fast": FastMish, "silu": nn.SiLU, "relu": nn.ReLU}
+    if name not in modules:
+        raise ValueError(f"unknown activation {name!r}: use one of {sorted(modules)}")
+    return modules[name]()
+
+
+def sinusoidal_embedding(t: int, dim: int) -> torch.Tensor:
+    """[dim] embedding of an integer timestep (a constant once traced)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angles = float(t) * freqs
+    return torch.cat([torch.sin(angles), torch.cos(angles)])
+
+
+class MlpDenoiser(nn.Module):
+    """eps_hat = MLP([x_t, obs, emb(t)]), the shape of baseline.md's reference model."""
+
+    def __init__(
+        self,
+        sample_features: int,
+        obs_features: int,
+        width: int = 256,
+        depth: int = 3,
+        time_dim: int = 64,
+        activation: Activation = "mish",
+    ) -> None:
+        super().__init__()
+        self.time_dim = time_dim
+        layers: list[nn.Module] = []
+        features = sample_features + obs_features + time_dim
+        for _ in range(depth):
+            layers += [nn.Linear(features, width), _activation(activation)]
+            features = width
+        layers.append(nn.Linear(features, sample_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, obs: torch.Tensor, t: int) -> torch.Tensor:
+        emb = sinusoidal_embedding(t, self.time_dim).expand(x.shape[0], self.time_dim)
+        return self.net(torch.cat([x, obs, emb], dim=1))
+
+
+class ReferenceLoop(nn.Module):
+    """Unrolled DDIM (eta = 0, deterministic) or DDPM (stochastic) sampling loop.
+
+    Follows diffusers' conventions: DDIM uses "leading" timestep spacing (T=100, 10 steps:
+    90, 80, ..., 0), epsilon prediction, and clips the predicted x0 to [-1, 1].
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        n_obs_steps: int,
+        horizon: int,
+        *,
+        sampler: Literal["ddim", "ddpm"] = "ddim",
+        steps: int = 10,
+        num_train_timesteps: int = 100,
+        width: int = 256,
+        depth: int = 3,
+        activation: Activation = "mish",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        if sampler == "ddpm" and steps != num_train_timesteps:
+            raise ValueError(
+                "DDPM runs every training timestep: steps must equal num_train_timesteps"
+            )
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.n_obs_steps, self.horizon = n_obs_steps, horizon
+        self.sampler, self.steps = sampler, steps
+        torch.manual_seed(seed)
+        self.denoiser = MlpDenoiser(
+            horizon * act_dim, n_obs_steps * obs_dim, width, depth, activation=activation
+        ).eval()
+        alpha_bars = cosine_alpha_bars(num_train_timesteps)
+        stride = num_train_timesteps // steps
+        self.timesteps = [i * stride for i in reversed(range(steps))]
+        # Per step: (t, coefficients) with every coefficient a Python float.
+        self._plan: list[tuple[int, dict[str, float]]] = []
+        for i, t in enumerate(self.timesteps):
+            prev = self.timesteps[i + 1] if i + 1 < steps else -1
+            ab_t = alpha_bars[t]
+            ab_prev = alpha_bars[prev] if prev >= 0 else 1.0
+            c = {"x0_x": 1 / math.sqrt(ab_t), "x0_eps": -math.sqrt(1 - ab_t) / math.sqrt(ab_t)}
+            if sampler == "ddim":
+                c |= {"prev_x0": math.sqrt(ab_prev), "prev_eps": math.sqrt(1 - ab_prev)}
+            else:
+                beta = 1 - ab_t / ab_prev
+                c |= {
+                    "prev_x0": math.sqrt(ab_prev) * beta / (1 - ab_t),
+                    "prev_x": math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t),
+                    "sigma": math.sqrt(beta * (1 - ab_prev) / (1 - ab_t)) if t > 0 else 0.0,
+                }
+            self._plan.append((t, c))
+        self.step_noise_steps = sum(1 for _, c in self._plan if c.get("sigma", 0.0) > 0)
+
+    def forward(
+        self, obs_norm: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch = noise.shape[0]
+        obs = obs_norm.reshape(batch, self.n_obs_steps * self.obs_dim)
+        x = noise.reshape(batch, self.horizon * self.act_dim)
+        k = 0
+        for t, c in self._plan:
+            eps = self.denoiser(x, obs, t)
+            x0 = torch.clamp(c["x0_x"] * x + c["x0_eps"] * eps, -1.0, 1.0)
+            if self.sampler == "ddim":
+                x = c["prev_x0"] * x0 + c["prev_eps"] * eps
+            else:
+                x = c["prev_x0"] * x0 + c["prev_x"] * x
+                if c["sigma"] > 0:
+                    assert step_noise is not None, "DDPM needs step_noise"
+                    x = x + c["sigma"] * step_noise[:, k].reshape(batch, -1)
+                    k += 1
+        return x.reshape(batch, self.horizon, self.act_dim)
+
+
+def pendulum_like_normalizer(obs_dim: int = 3, act_dim: int = 2):
+    """A normaliser with distinct per-dimension centres and scales (catches mixed-up axes)."""
+    from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
+
+    obs = AffineNormalizer(
+        "standard",
+        tuple(0.1 * (i + 1) for i in range(obs_dim)),
+        tuple(1.0 + i for i in range(obs_dim)),
+    )
+    # Normalised [-1, 1] maps inside the bounds [-(i+1), i+1] used by export_reference.
+    action = AffineNormalizer(
+        "minmax",
+        tuple(0.1 * (i + 1) for i in range(act_dim)),
+        tuple(0.8 * (i + 1) for i in range(act_dim)),
+    )
+    return Normalizer(obs, action)
+
+
+def export_reference(
+    path,
+    *,
+    sampler: Literal["ddim", "ddpm"] = "ddim",
+    steps: int = 10,
+    num_train_timesteps: int = 100,
+    obs_dim: int = 3,
+    act_dim: int = 2,
+    n_obs_steps: int = 2,
+    horizon: int = 8,
+    n_action_steps: int = 4,
+    width: int = 32,
+    depth: int = 2,
+    activation: Activation = "mish",
+    model_version: str = "v1",
+    seed: int = 0,
+    env_id: str = "Pendulum-v1",
+):
+    """Export a ReferenceLoop with ``pendulum_like_normalizer`` and bounds [-(i+1), i+1]."""
+    from diffpol.contracts import PolicySpec
+    from diffpol.sampler.export import export_onnx
+
+    loop = ReferenceLoop(
+        obs_dim,
+        act_dim,
+        n_obs_steps,
+        horizon,
+        sampler=sampler,
+        steps=steps,
+        num_train_timesteps=num_train_timesteps,
+        width=width,
+        depth=depth,
+        activation=activation,
+        seed=seed,
+    )
+    bounds = [float(i + 1) for i in range(act_dim)]
+    return export_onnx(
+        loop,
+        pendulum_like_normalizer(obs_dim, act_dim),
+        [-b for b in bounds],
+        bounds,
+        PolicySpec(obs_dim, act_dim, n_obs_steps, n_action_steps),
+        horizon,
+        env_id,
+        model_version,
+        path,
+    )
