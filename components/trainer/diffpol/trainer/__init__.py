@@ -1,0 +1,55 @@
+"""diffpol's trainer: diffusion policies (DDPM/DDIM over action chunks) trained with
+Lightning inside Ray Train, fed by Ray Data; checkpoints that load without unpickling.
+
+``train(samples_dir, out_dir, config)`` trains and returns a ``TrainResult``;
+``load_policy(checkpoint_dir, sampler, steps)`` gives a ``TorchPolicy`` (a
+``diffpol.contracts.Policy``) whose ``loop`` the sampler component exports to ONNX.
+"""
+
+__version__ = "0.1.0"
+
+from diffpol.trainer.checkpoint import CheckpointError, CheckpointMeta, read_checkpoint
+from diffpol.trainer.config import Config, ModelConfig, OptimConfig, PolicyType, TrainConfig
+from diffpol.trainer.modeling import (
+    EMA,
+    BCPolicyModel,
+    ConditionalMLPDenoiser,
+    DiffusionPolicyModel,
+    SeedTutorialModel,
+    build_policy_model,
+    sinusoidal_embedding,
+)
+from diffpol.trainer.policy import TorchPolicy, load_policy
+from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
+from diffpol.trainer.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduleConfig
+from diffpol.trainer.training import RunMismatchError, TrainResult, train
+
+__all__ = [
+    "EMA",
+    "BCPolicyModel",
+    "CheckpointError",
+    "CheckpointMeta",
+    "ConditionalMLPDenoiser",
+    "Config",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DenoisingLoop",
+    "DiffusionPolicyModel",
+    "ModelConfig",
+    "NoiseScheduleConfig",
+    "OptimConfig",
+    "PolicyType",
+    "RegressionLoop",
+    "RunMismatchError",
+    "SeedTutorialLoop",
+    "SeedTutorialModel",
+    "TorchPolicy",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "build_policy_model",
+    "load_policy",
+    "read_checkpoint",
+    "sinusoidal_embedding",
+    "train",
+]

@@ -1,0 +1,34 @@
+"""A training worker killed mid-run: Ray Train restarts it from the latest checkpoint."""
+
+from __future__ import annotations
+
+import csv
+
+from diffpol.trainer import Config, ModelConfig, OptimConfig, TrainConfig, train
+from diffpol.trainer.faults import KillWorkerOnce, RecordTrainingStarts
+from diffpol.trainer.synthetic import bimodal_samples, write_samples
+
+
+def test_a_killed_worker_resumes_and_every_epoch_is_recorded_once(ray_local, tmp_path):
+    obs, action = bimodal_samples(400, seed=5)
+    samples = write_samples(tmp_path / "samples", obs, action, val_fraction=0.25)
+    config = Config(
+        model=ModelConfig(n_obs_steps=1, horizon=1, hidden_width=16, depth=1),
+        optim=OptimConfig(warmup_steps=1),
+        train=TrainConfig(epochs=3, batch_size=100, max_failures=1, keep_checkpoints=1),
+    )
+    marker, starts = tmp_path / "killed", tmp_path / "starts"
+    result = train(
+        samples,
+        tmp_path / "out",
+        config,
+        callbacks=[RecordTrainingStarts(starts), KillWorkerOnce(marker, epoch=1, batch=1)],
+    )
+    assert marker.exists(), "the worker was never killed"
+    # The second attempt started at epoch 1, from the checkpoint of epoch 0.
+    assert starts.read_text().split() == ["0", "1"]
+    with open(result.metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["global_step"]) for r in rows] == [3, 6, 9]  # 300 train rows / 100
+    assert result.epochs_completed == 3

@@ -1,0 +1,52 @@
+"""Fault injection for resilience tests: kill a training worker once, mid-run.
+
+``KillWorkerOnce`` is a Lightning callback: at the given epoch and batch it sends SIGKILL
+to its own process (no cleanup, no exception: what an OOM kill or a lost node looks like
+to Ray). A marker file makes it fire once, so the restarted worker trains on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class KillWorkerOnce(pl.Callback):
+    def __init__(
+        self, marker: str | Path, epoch: int, batch: int = 0, rank: int = 0, delay_s: float = 5.0
+    ) -> None:
+        self.marker = str(marker)
+        self.epoch, self.batch, self.rank = epoch, batch, rank
+        # Ray Train V2's controller collects reports by polling the workers: a report still
+        # queued on a worker that dies is lost. Waiting lets the previous epoch's checkpoint
+        # register, so the test exercises resume-from-checkpoint rather than that race.
+        self.delay_s = delay_s
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (
+            trainer.current_epoch == self.epoch
+            and batch_idx == self.batch
+            and trainer.global_rank == self.rank
+            and not os.path.exists(self.marker)
+        ):
+            Path(self.marker).write_text(f"killed pid {os.getpid()} at epoch {self.epoch}\n")
+            time.sleep(self.delay_s)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordTrainingStarts(pl.Callback):
+    """Appends the epoch each training attempt starts at (rank 0) to a file: after a
+    kill and a resume it reads "0\\n1\\n" for a restart at epoch 1, "0\\n0\\n" for one
+    that trained from scratch."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            with open(self.path, "a") as f:
+                f.write(f"{trainer.current_epoch}\n")

@@ -1,0 +1,277 @@
+"""Policy networks: the conditional denoiser of a diffusion policy, and two baselines.
+
+All three take flattened, normalised inputs, ``obs`` [B, To*obs_dim] and ``action``
+[B, T*act_dim], expose ``compute_loss(obs, action, generator=None)`` for training and
+``sampling_loop(...)`` for inference (a module with the ``DenoisingLoop`` interface, see
+``diffpol.trainer.sampling``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffpol.contracts.normalizer import Normalizer
+from diffpol.trainer.config import ModelConfig
+from diffpol.trainer.schedulers import DDPMScheduler
+
+
+def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    half = dim // 2
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+
+
+def sinusoidal_embedding(
+    t: torch.Tensor, dim: int, freqs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Transformer-style embedding of (float) timesteps [N] -> [N, dim]: sin half, cos half."""
+    if freqs is None:
+        freqs = sinusoidal_frequencies(dim).to(t.device)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class FastMish(nn.Module):
+    """Mish, x * tanh(softplus(x)), with softplus as relu(x) + log1p(exp(-|x|)): same values,
+    but onnxruntime runs it as cheap elementwise ops instead of its slow Softplus kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tanh(F.relu(x) + torch.log1p(torch.exp(-x.abs())))
+
+
+def make_activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "silu":
+        return nn.SiLU()
+    if name == "mish":
+        return FastMish()
+    raise ValueError(f"unknown activation {name!r}: use relu, silu or mish")
+
+
+class ConditionalMLPDenoiser(nn.Module):
+    """MLP over [x_t, obs, t_emb] -> noise (or clean-sample) prediction.
+
+    The first layer over the concatenation is kept as three matrices, one per input, whose
+    sum is the same linear map. A sampler then computes the observation term once per
+    call and the timestep term from constants, and each denoising step multiplies only the
+    small x_t (see ``sampling.DenoisingLoop``).
+    """
+
+    def __init__(
+        self,
+        sample_dim: int,
+        cond_dim: int,
+        width: int,
+        depth: int,
+        time_embed_dim: int,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        self.time_embed_dim = time_embed_dim
+        self.register_buffer("time_freqs", sinusoidal_frequencies(time_embed_dim), persistent=False)
+        self.in_sample = nn.Linear(sample_dim, width)
+        self.in_cond = nn.Linear(cond_dim, width, bias=False)
+        self.in_time = nn.Linear(time_embed_dim, width, bias=False)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+        self.out = nn.Linear(width, sample_dim)
+        self.act = make_activation(activation)
+
+    def encode_condition(self, obs_flat: torch.Tensor) -> torch.Tensor:
+        return self.in_cond(obs_flat)
+
+    def encode_time(self, t: torch.Tensor) -> torch.Tensor:
+        return self.in_time(sinusoidal_embedding(t, self.time_embed_dim, self.time_freqs))
+
+    def denoise(
+        self, x_flat: torch.Tensor, cond_term: torch.Tensor, time_term: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.act(self.in_sample(x_flat) + cond_term + time_term)
+        for layer in self.hidden:
+            h = self.act(layer(h))
+        return self.out(h)
+
+    def forward(self, x_flat: torch.Tensor, obs_flat: torch.Tensor, t: torch.Tensor):
+        return self.denoise(x_flat, self.encode_condition(obs_flat), self.encode_time(t))
+
+
+def _mlp(in_dim: int, out_dim: int, width: int, depth: int, activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_dim if i == 0 else width, width), make_activation(activation)]
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class _PolicyModel(nn.Module):
+    def __init__(self, config: ModelConfig, obs_dim: int, act_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.cond_dim = config.n_obs_steps * obs_dim
+        self.sample_dim = config.horizon * act_dim
+
+
+class DiffusionPolicyModel(_PolicyModel):
+    """Epsilon- (or sample-) prediction DDPM objective over the normalised action chunk."""
+
+    def __init__(self, config: ModelConfig, obs_dim: int, act_dim: int) -> None:
+        super().__init__(config, obs_dim, act_dim)
+        self.denoiser = ConditionalMLPDenoiser(
+            self.sample_dim,
+            self.cond_dim,
+            config.hidden_width,
+            config.depth,
+            config.time_embed_dim,
+            config.activation,
+        )
+        self.noise_scheduler = DDPMScheduler(config.schedule)
+
+    def compute_loss(
+        self, obs: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        batch = action.shape[0]
+        noise = torch.randn(action.shape, generator=generator, device=action.device)
+        t = torch.randint(
+            0,
+            self.noise_scheduler.num_train_timesteps,
+            (batch,),
+            generator=generator,
+            device=action.device,
+        )
+        noisy = self.noise_scheduler.add_noise(action, noise, t)
+        prediction = self.denoiser(noisy, obs, t)
+        return F.mse_loss(prediction, self.noise_scheduler.training_target(action, noise))
+
+    def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
+        from diffpol.trainer.sampling import DenoisingLoop
+
+        return DenoisingLoop.from_model(self, sampler=sampler, steps=steps, eta=eta)
+
+
+class BCPolicyModel(_PolicyModel):
+    """Behaviour cloning: MSE regression of the action chunk. Averages modes by design."""
+
+    def __init__(self, config: ModelConfig, obs_dim: int, act_dim: int) -> None:
+        super().__init__(config, obs_dim, act_dim)
+        self.net = _mlp(
+            self.cond_dim, self.sample_dim, config.hidden_width, config.depth, config.activation
+        )
+
+    def forward(self, obs_flat: torch.Tensor) -> torch.Tensor:
+        return self.net(obs_flat)
+
+    def compute_loss(self, obs, action, generator=None) -> torch.Tensor:
+        return F.mse_loss(self(obs), action)
+
+    def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
+        from diffpol.trainer.sampling import RegressionLoop
+
+        return RegressionLoop(self)
+
+
+class SeedTutorialModel(_PolicyModel):
+    """The seed tutorial's objective, kept faithfully as a baseline (it learns little).
+
+    In the tutorial's units: observations are raw env values divided by pi, actions raw
+    torques. ``noisy = action + N(0, 1)`` whatever the timestep, the network (one hidden
+    ReLU layer of 128) sees ``t / max_t`` and regresses the noise; sampling is 50 steps of
+    ``x -= 0.1 * eps_hat``. Our rows hold normalised values, so the normaliser's affine
+    maps (buffers) undo that first.
+    """
+
+    MAX_T = 1000
+    SAMPLING_STEPS = 50
+    STEP_SIZE = 0.1
+
+    def __init__(
+        self, config: ModelConfig, obs_dim: int, act_dim: int, normalizer: Normalizer
+    ) -> None:
+        super().__init__(config, obs_dim, act_dim)
+        self.net = nn.Sequential(
+            nn.Linear(self.cond_dim + self.sample_dim + 1, 128),
+            nn.ReLU(),
+            nn.Linear(128, self.sample_dim),
+        )
+        to, t = config.n_obs_steps, config.horizon
+
+        def flat(values: tuple[float, ...], repeat: int) -> torch.Tensor:
+            return torch.tensor([float(v) for v in values] * repeat, dtype=torch.float32)
+
+        self.register_buffer("obs_center", flat(normalizer.obs.center, to))
+        self.register_buffer("obs_scale", flat(normalizer.obs.scale, to))
+        self.register_buffer("act_center", flat(normalizer.action.center, t))
+        self.register_buffer("act_scale", flat(normalizer.action.scale, t))
+
+    def tutorial_obs(self, obs_norm_flat: torch.Tensor) -> torch.Tensor:
+        return (obs_norm_flat * self.obs_scale + self.obs_center) / math.pi
+
+    def forward(self, obs_scaled, noisy_action, timestep: torch.Tensor) -> torch.Tensor:
+        t = timestep.reshape(-1, 1).float() / self.MAX_T
+        return self.net(torch.cat([obs_scaled, noisy_action, t.expand(obs_scaled.shape[0], 1)], 1))
+
+    def compute_loss(self, obs, action, generator=None) -> torch.Tensor:
+        raw_action = action * self.act_scale + self.act_center
+        noise = torch.randn(raw_action.shape, generator=generator, device=action.device)
+        t = torch.randint(0, self.MAX_T, (action.shape[0],), generator=generator, device=obs.device)
+        prediction = self(self.tutorial_obs(obs), raw_action + noise, t)
+        return F.mse_loss(prediction, noise)
+
+    def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
+        from diffpol.trainer.sampling import SeedTutorialLoop
+
+        return SeedTutorialLoop(self)
+
+
+PolicyModel = DiffusionPolicyModel | BCPolicyModel | SeedTutorialModel
+
+
+def build_policy_model(
+    config: ModelConfig, obs_dim: int, act_dim: int, normalizer: Normalizer
+) -> PolicyModel:
+    if config.policy_type == "diffusion":
+        return DiffusionPolicyModel(config, obs_dim, act_dim)
+    if config.policy_type == "bc":
+        return BCPolicyModel(config, obs_dim, act_dim)
+    if config.policy_type == "seed-tutorial":
+        return SeedTutorialModel(config, obs_dim, act_dim, normalizer)
+    raise ValueError(f"unknown policy_type {config.policy_type!r}")
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a model's parameters (buffers are copied).
+
+    The average, not the raw weights, is what gets evaluated and exported. Decay warms up
+    as ``min(decay, (1 + n) / (10 + n))`` after n updates.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.averaged = copy.deepcopy(model)
+        self.averaged.requires_grad_(False)
+        self.averaged.eval()
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def current_decay(self) -> float:
+        n = int(self.num_updates)
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        for avg, new in zip(self.averaged.parameters(), model.parameters(), strict=True):
+            avg.lerp_(new.detach(), 1.0 - decay)
+        for avg, new in zip(self.averaged.buffers(), model.buffers(), strict=True):
+            avg.copy_(new)
+        self.num_updates += 1
+
+    def train(self, mode: bool = True):
+        # The average is never in training mode, whatever its parent is.
+        super().train(mode)
+        self.averaged.eval()
+        return self

@@ -1,0 +1,342 @@
+"""The end-to-end job behind ``./pants run components/trainer:main``.
+
+collect (rollout) -> preprocess -> train (diffusion + BC + seed-tutorial baselines) ->
+export (sampler: DDIM as one ONNX graph) -> evaluate (evaluator, in process and through the
+gRPC sampler) -> report. Every stage is resumable: running the same command again reuses
+a complete dataset and samples, resumes training from the latest checkpoint (or returns a
+finished run) and redoes only the cheap stages after it.
+
+``OUT`` holds::
+
+    policy.onnx      the exported sampler (the artifact users serve)
+    checkpoints/     Ray Train storage: a checkpoint every epoch, per policy
+    metrics.csv      the diffusion policy's metrics, one row per epoch
+    plots/*.png      loss curves, return distributions, example trajectories
+    summary.json     eval mean/std/n per policy, stage timings, versions
+    report.md        what ran, the comparison tables, the plots
+    data/ samples/ train/ eval/   each stage's own outputs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
+from diffpol.trainer.config import Config, ModelConfig, PolicyType
+from diffpol.trainer.presets import Preset
+from diffpol.trainer.ray_session import ray_session
+from diffpol.trainer.training import TrainResult, train
+
+# The baselines the report compares against, trained on the same samples.
+BASELINES: tuple[PolicyType, ...] = ("bc", "seed-tutorial")
+
+
+def log(message: str) -> None:
+    print(f"[diffpol {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    log(f"stage {name}: started")
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 2)
+    log(f"stage {name}: done in {timings[name]:.1f} s")
+
+
+def run_pipeline(preset: Preset, out_dir: str | Path, *, seed: int, address: str | None) -> dict:
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    with ray_session(address):
+        with stage("collect", timings):
+            dataset = collect_data(preset, out / "data", seed=seed)
+        with stage("preprocess", timings):
+            samples = make_samples(preset, dataset, out / "samples", seed=seed)
+        with stage("train", timings):
+            runs = train_policies(preset, samples, out, seed=seed)
+        with stage("export", timings):
+            onnx_path = export_policy(preset, runs["diffusion"], out / "policy.onnx")
+        with stage("evaluate", timings):
+            evaluation = evaluate_policies(preset, runs, onnx_path, out / "eval", seed=seed)
+    timings["total"] = round(time.perf_counter() - start, 2)
+    return write_report(preset, out, runs, evaluation, timings, seed=seed)
+
+
+# --- stages -------------------------------------------------------------------------
+
+
+def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
+    from tqdm import tqdm
+
+    from diffpol.contracts import ContractError
+    from diffpol.contracts.dataset import read_manifest
+    from diffpol.rollout import collect, make_plan, resolve_plan
+
+    plan = make_plan(
+        preset.env_id,
+        preset.data_policy,
+        preset.episodes,
+        seed,
+        {"noise_max": preset.noise_max},
+    )
+    resolved, _ = resolve_plan(plan)
+    if (data_dir / "manifest.json").exists():
+        manifest = read_manifest(data_dir)
+        wanted = (resolved.env_id, resolved.policy, resolved.episodes, resolved.seed)
+        found = (manifest.env_id, manifest.policy, manifest.episodes, manifest.seed)
+        if found != wanted:
+            raise ContractError(
+                f"{data_dir} holds a dataset of {found}, not the {wanted} this run needs: "
+                "use another --out"
+            )
+        log(f"reusing the complete dataset in {data_dir} ({manifest.transitions} transitions)")
+        return data_dir
+    with tqdm(total=None, unit="shard", desc="collect") as bar:
+        result = collect(
+            plan,
+            data_dir,
+            num_actors=preset.rollout_actors,
+            progress=lambda report: bar.update(1),
+            overwrite=True,
+        )
+    returns = result.manifest.returns
+    log(
+        f"{result.manifest.episodes} episodes, {result.manifest.transitions} transitions, "
+        f"data mean return {returns.mean:.1f}"
+    )
+    return data_dir
+
+
+def make_samples(preset: Preset, dataset: Path, samples_dir: Path, *, seed: int) -> Path:
+    from diffpol.preprocess import SAMPLES_FILE, PreprocessConfig, load_samples, preprocess
+
+    model = preset.config.model
+    if (samples_dir / SAMPLES_FILE).exists():
+        info = load_samples(samples_dir).info
+        if (info.n_obs_steps, info.horizon) == (model.n_obs_steps, model.horizon):
+            log(f"reusing the samples in {samples_dir}")
+            return samples_dir
+    config = PreprocessConfig(
+        n_obs_steps=model.n_obs_steps,
+        horizon=model.horizon,
+        val_fraction=preset.val_fraction,
+        seed=seed,
+    )
+    preprocess([dataset], samples_dir, config, overwrite=True)
+    return samples_dir
+
+
+def policy_config(preset: Preset, policy_type: PolicyType, *, seed: int) -> Config:
+    config = preset.config
+    model: ModelConfig = dataclasses.replace(config.model, policy_type=policy_type)
+    epochs = config.train.epochs if policy_type == "diffusion" else preset.baseline_epochs
+    train_config = dataclasses.replace(config.train, epochs=epochs, seed=seed)
+    return dataclasses.replace(config, model=model, train=train_config)
+
+
+def train_policies(
+    preset: Preset, samples: Path, out: Path, *, seed: int
+) -> dict[str, TrainResult]:
+    runs = {}
+    for policy_type in ("diffusion", *BASELINES):
+        config = policy_config(preset, policy_type, seed=seed)
+        storage = str(out / "checkpoints")
+        config = dataclasses.replace(
+            config,
+            train=dataclasses.replace(config.train, storage_path=storage, run_name=policy_type),
+        )
+        log(f"training {policy_type}: {config.train.epochs} epochs")
+        runs[policy_type] = train(samples, out / "train" / policy_type, config)
+    return runs
+
+
+def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:
+    from diffpol.sampler import export_onnx
+    from diffpol.trainer.policy import load_policy
+
+    policy = load_policy(run.checkpoint_dir, "ddim", preset.ddim_steps)
+    return export_onnx(
+        policy.loop,
+        policy.normalizer,
+        policy.action_low,
+        policy.action_high,
+        policy.spec,
+        policy.horizon,
+        policy.env_id,
+        policy.model_version,
+        path,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    headline: Any  # EvaluationResult
+    headline_table: Any  # Comparison
+    side_by_side: Any
+    side_by_side_table: Any
+
+
+def evaluate_policies(
+    preset: Preset, runs: dict[str, TrainResult], onnx_path: Path, eval_dir: Path, *, seed: int
+) -> Evaluation:
+    import ray
+
+    from diffpol.evaluator import compare
+    from diffpol.sampler import start_sampler_actor
+    from diffpol.trainer.policy import load_policy
+
+    actor, address = start_sampler_actor(onnx_path)
+    grpc = f"grpc://{address}"
+    ddim = f"diffusion DDIM-{preset.ddim_steps}"
+    try:
+        log(f"sampler serving {onnx_path.name} at {grpc}")
+        headline, headline_table = compare(
+            {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
+            preset.env_id,
+            preset.eval_seeds,
+            noise_seed=seed,
+            out=eval_dir / "headline",
+            progress=True,
+        )
+        checkpoint = runs["diffusion"].checkpoint_dir
+        policies = {
+            "random": "random",
+            "zero": "zero",
+            "seed-tutorial": load_policy(runs["seed-tutorial"].checkpoint_dir),
+            "BC": load_policy(runs["bc"].checkpoint_dir),
+            "expert": "expert",
+            f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)": load_policy(
+                checkpoint, "ddpm", preset.ddpm_steps
+            ),
+            f"{ddim} (PyTorch)": load_policy(checkpoint, "ddim", preset.ddim_steps),
+            f"{ddim} (ONNX)": str(onnx_path),
+            f"{ddim} (gRPC)": grpc,
+        }
+        side_by_side, side_table = compare(
+            policies,
+            preset.env_id,
+            preset.torch_eval_seeds,
+            noise_seed=seed,
+            out=eval_dir / "side_by_side",
+            progress=True,
+        )
+    finally:
+        ray.kill(actor, no_restart=True)
+    return Evaluation(headline, headline_table, side_by_side, side_table)
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import importlib
+
+    names = ["contracts", "rollout", "preprocess", "trainer", "sampler", "evaluator"]
+    versions = {f"diffpol-{n}": importlib.import_module(f"diffpol.{n}").__version__ for n in names}
+    for package in ("torch", "ray", "lightning", "onnxruntime", "gymnasium"):
+        with contextlib.suppress(ImportError):
+            versions[package] = importlib.import_module(package).__version__
+    return versions
+
+
+def _summaries(result) -> dict[str, dict]:
+    return {p.label: {**p.summary.to_json(), "wall_time_s": p.wall_time_s} for p in result.policies}
+
+
+def _collect_plots(out: Path, runs: dict[str, TrainResult], evaluation: Evaluation) -> list[Path]:
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    copied = []
+    for name, run in runs.items():
+        target = plots / f"loss_{name}.png"
+        shutil.copyfile(run.loss_plot, target)
+        copied.append(target)
+    for part in ("headline", "side_by_side"):
+        for png in sorted((out / "eval" / part).glob("*.png")):
+            target = plots / f"{part}_{png.name}"
+            shutil.copyfile(png, target)
+            copied.append(target)
+    return copied
+
+
+def write_report(
+    preset: Preset,
+    out: Path,
+    runs: dict[str, TrainResult],
+    evaluation: Evaluation,
+    timings: dict[str, float],
+    *,
+    seed: int,
+) -> dict:
+    shutil.copyfile(runs["diffusion"].metrics_csv, out / "metrics.csv")
+    plots = _collect_plots(out, runs, evaluation)
+    headline = _summaries(evaluation.headline)
+    ddim_onnx = next(label for label in headline if label.endswith("(ONNX)"))
+    summary = {
+        "env_id": preset.env_id,
+        "seed": seed,
+        "eval": {
+            "policy": ddim_onnx,
+            "seeds": preset.eval_seeds,
+            **{k: headline[ddim_onnx][k] for k in ("mean", "std", "stderr", "n")},
+            "gap_to_expert": headline[ddim_onnx]["mean"] - headline["expert"]["mean"],
+        },
+        "headline": headline,
+        "side_by_side": _summaries(evaluation.side_by_side),
+        "training": {name: run.metrics for name, run in runs.items()},
+        "stage_seconds": timings,
+        "versions": _versions(),
+        "preset": dataclasses.asdict(preset),
+    }
+    atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
+    report = _report_markdown(preset, out, evaluation, summary, plots)
+    atomic_write_bytes(out / "report.md", report.encode())
+    return summary
+
+
+def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, plots) -> str:
+    model = preset.config.model
+    e = summary["eval"]
+    lines = [
+        "# diffpol run report",
+        "",
+        f"**{e['policy']}** on {preset.env_id}, env seeds {e['seeds']} (held out from the "
+        f"data): mean return **{e['mean']:.1f}** ± {e['stderr']:.1f} (standard error, "
+        f"n = {e['n']}); gap to the data's expert {e['gap_to_expert']:+.1f}.",
+        "",
+        "## What ran",
+        "",
+        f"- data: {preset.episodes} episodes of `{preset.data_policy}` "
+        f"(noise_max {preset.noise_max}), seed {summary['seed']}",
+        f"- model: {model.policy_type}, To={model.n_obs_steps}, T={model.horizon}, "
+        f"Ta={model.n_action_steps}, MLP {model.depth} x {model.hidden_width} "
+        f"({model.activation}), {model.schedule.beta_schedule} schedule with "
+        f"{model.schedule.num_train_timesteps} steps, {preset.config.train.epochs} epochs",
+        f"- baselines: {', '.join(BASELINES)} ({preset.baseline_epochs} epochs)",
+        "- stage seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
+        "",
+        f"## Headline: {preset.eval_seeds}",
+        "",
+        evaluation.headline_table.to_markdown(),
+        "",
+        f"## Every policy side by side: {preset.torch_eval_seeds}",
+        "",
+        evaluation.side_by_side_table.to_markdown(),
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem}](plots/{p.name})" for p in plots],
+        "",
+    ]
+    return "\n".join(lines)

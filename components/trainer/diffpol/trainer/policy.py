@@ -1,0 +1,155 @@
+"""A trained checkpoint as a ``diffpol.contracts.Policy`` in PyTorch.
+
+``TorchPolicy.act`` computes exactly what the exported ONNX sampler computes: normalise
+the observations, run the loop on noise drawn with ``draw_sampler_noise(seed, ...)``, keep
+the first ``n_action_steps`` actions, unnormalise, clip to the action bounds. The same
+seed therefore gives the same actions here, through ONNX and through the gRPC server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffpol.contracts import PolicySpec, draw_sampler_noise
+from diffpol.contracts.errors import ContractError
+from diffpol.contracts.normalizer import Normalizer
+from diffpol.trainer.checkpoint import (
+    POLICY_FILE,
+    CheckpointError,
+    load_policy_weights,
+    read_checkpoint,
+)
+from diffpol.trainer.config import Config
+from diffpol.trainer.modeling import build_policy_model
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    low: np.ndarray
+    high: np.ndarray
+
+
+class TorchPolicy:
+    """``act(obs [B, To, obs_dim], seed) -> [B, Ta, act_dim]`` in env units.
+
+    Also carries what an ONNX export needs: ``loop`` (the ``DenoisingLoop``-like module),
+    ``normalizer``, ``spec``, ``horizon``, ``env_id``, ``action_low``/``action_high`` and a
+    ``model_version`` naming the weights.
+    """
+
+    def __init__(
+        self,
+        loop: nn.Module,
+        normalizer: Normalizer,
+        spec: PolicySpec,
+        horizon: int,
+        env_id: str,
+        action_low: tuple[float, ...],
+        action_high: tuple[float, ...],
+        config: Config,
+        model_version: str,
+    ) -> None:
+        self.loop = loop.eval()
+        self.normalizer = normalizer
+        self.spec = spec
+        self.horizon = horizon
+        self.env_id = env_id
+        self.action_low = tuple(action_low)
+        self.action_high = tuple(action_high)
+        self.config = config
+        self.model_version = model_version
+        self._bounds = _Bounds(
+            np.asarray(action_low, np.float32), np.asarray(action_high, np.float32)
+        )
+        # What a NaN action becomes (as in the ONNX graph): the centre, within bounds.
+        self._fallback = np.clip(
+            np.asarray(normalizer.action.center, np.float32), self._bounds.low, self._bounds.high
+        )
+
+    @property
+    def sampler(self) -> str:
+        return str(self.loop.sampler)
+
+    @property
+    def steps(self) -> int:
+        return int(self.loop.steps)
+
+    def act(self, obs: np.ndarray, seed: int | None = None) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        expected = (self.spec.n_obs_steps, self.spec.obs_dim)
+        if obs.ndim != 3 or obs.shape[1:] != expected:
+            raise ContractError(
+                f"obs must have shape [B, {expected[0]}, {expected[1]}] "
+                f"(batch, n_obs_steps, obs_dim), got {list(obs.shape)}"
+            )
+        batch = obs.shape[0]
+        noise, step_noise = draw_sampler_noise(
+            seed, batch, self.horizon, self.spec.act_dim, int(self.loop.step_noise_steps)
+        )
+        with torch.no_grad():
+            args = [torch.from_numpy(self.normalizer.obs.normalize(obs)), torch.from_numpy(noise)]
+            if step_noise is not None:
+                args.append(torch.from_numpy(step_noise))
+            action_norm = self.loop(*args)[:, : self.spec.n_action_steps].numpy()
+        action = self.normalizer.action.unnormalize(action_norm)
+        action = np.where(np.isnan(action), self._fallback, action)
+        return np.clip(action, self._bounds.low, self._bounds.high).astype(np.float32)
+
+
+def load_policy(
+    checkpoint_dir: str | Path,
+    sampler: str = "ddim",
+    steps: int = 10,
+    *,
+    eta: float = 0.0,
+    use_ema: bool = True,
+) -> TorchPolicy:
+    """A ``TorchPolicy`` from a checkpoint directory (``TrainResult.checkpoint_dir``).
+
+    ``sampler``/``steps``/``eta`` choose the diffusion sampler (ignored by the "bc" and
+    "seed-tutorial" baselines, whose inference is fixed). The EMA weights are used unless
+    ``use_ema`` is false. Only JSON and plain tensors are read (``weights_only=True``).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    contents = read_checkpoint(checkpoint_dir)
+    config, data = contents.config, contents.meta.data
+    obs_dim, act_dim = int(data["obs_dim"]), int(data["act_dim"])
+    model = build_policy_model(config.model, obs_dim, act_dim, contents.normalizer)
+    weights = load_policy_weights(checkpoint_dir)
+    try:
+        model.load_state_dict(weights["ema" if use_ema else "model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{checkpoint_dir}: weights do not fit the model its config describes: {exc}"
+        ) from exc
+    model.eval()
+    loop = model.sampling_loop(sampler=sampler, steps=steps, eta=eta)
+    digest = hashlib.sha256((Path(checkpoint_dir) / POLICY_FILE).read_bytes()).hexdigest()
+    spec = PolicySpec(
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        n_obs_steps=config.model.n_obs_steps,
+        n_action_steps=config.model.n_action_steps,
+    )
+    return TorchPolicy(
+        loop=loop,
+        normalizer=contents.normalizer,
+        spec=spec,
+        horizon=config.model.horizon,
+        env_id=str(data["env_id"]),
+        action_low=tuple(float(x) for x in data["action_low"]),
+        action_high=tuple(float(x) for x in data["action_high"]),
+        config=config,
+        model_version=f"{config.model.policy_type}-e{contents.meta.epochs_completed}-{digest[:12]}",
+    )

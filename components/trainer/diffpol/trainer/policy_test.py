@@ -1,0 +1,154 @@
+"""Checkpoint files -> TorchPolicy, without Ray: loading, acting, and agreement with ONNX."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from diffpol.contracts import Policy, draw_sampler_noise
+from diffpol.contracts.errors import ContractError
+from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
+from diffpol.trainer import CheckpointError, Config, ModelConfig, load_policy
+from diffpol.trainer.checkpoint import (
+    POLICY_FILE,
+    CheckpointMeta,
+    save_policy_weights,
+    write_sidecars,
+)
+from diffpol.trainer.modeling import EMA, build_policy_model
+
+NORMALIZER = Normalizer(
+    AffineNormalizer("standard", (0.0, 0.0, 0.0), (0.7, 0.7, 3.0)),
+    AffineNormalizer("minmax", (0.0,), (2.0,)),
+)
+
+
+def write_checkpoint(directory, model_config: ModelConfig, seed: int = 0):
+    torch.manual_seed(seed)
+    config = Config(model=model_config)
+    model = build_policy_model(model_config, 3, 1, NORMALIZER)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():  # make the EMA differ from the raw weights
+        for p in model.parameters():
+            p.add_(0.1)
+    meta = CheckpointMeta(
+        epochs_completed=1,
+        epochs_total=1,
+        global_step=10,
+        data={
+            "fingerprint": "f" * 64,
+            "env_id": "Pendulum-v1",
+            "obs_dim": 3,
+            "act_dim": 1,
+            "action_low": [-2.0],
+            "action_high": [2.0],
+        },
+        versions={"torch": torch.__version__},
+        history=[{"epoch": 0, "train_loss": 1.0, "val_loss": 1.0}],
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    save_policy_weights(directory, model, ema.averaged)
+    write_sidecars(directory, config, NORMALIZER, meta)
+    return directory, model, ema.averaged
+
+
+CHUNKED = ModelConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=32, depth=2)
+
+
+def test_policy_acts_like_the_loop_on_the_shared_noise_stream(tmp_path):
+    directory, _, ema = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    policy = load_policy(directory, sampler="ddim", steps=5)
+    assert isinstance(policy, Policy)
+    obs = np.random.default_rng(0).normal(0, 1, (6, 2, 3)).astype(np.float32)
+    actions = policy.act(obs, seed=42)
+    noise, step_noise = draw_sampler_noise(42, 6, 4, 1, 0)
+    assert step_noise is None
+    with torch.no_grad():
+        expected = ema.sampling_loop("ddim", 5)(
+            torch.from_numpy(NORMALIZER.obs.normalize(obs)), torch.from_numpy(noise)
+        )[:, :2].numpy()
+    expected = np.clip(NORMALIZER.action.unnormalize(expected), -2, 2)
+    np.testing.assert_allclose(actions, expected, atol=1e-6)
+    np.testing.assert_array_equal(policy.act(obs, seed=42), actions)
+    assert not np.array_equal(policy.act(obs, seed=43), actions)
+
+
+def test_ddpm_policy_draws_step_noise_and_stays_reproducible(tmp_path):
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    policy = load_policy(directory, sampler="ddpm", steps=20)
+    assert (policy.sampler, policy.steps, policy.loop.step_noise_steps) == ("ddpm", 20, 19)
+    obs = np.zeros((3, 2, 3), np.float32)
+    np.testing.assert_array_equal(policy.act(obs, seed=1), policy.act(obs, seed=1))
+
+
+def test_raw_weights_differ_from_the_ema_weights(tmp_path):
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    obs = np.ones((2, 2, 3), np.float32)
+    ema_actions = load_policy(directory).act(obs, seed=0)
+    raw_actions = load_policy(directory, use_ema=False).act(obs, seed=0)
+    assert not np.allclose(ema_actions, raw_actions)
+
+
+@pytest.mark.parametrize("policy_type", ["bc", "seed-tutorial"])
+def test_baselines_load_behind_the_same_interface(tmp_path, policy_type):
+    config = ModelConfig(policy_type=policy_type, n_obs_steps=1, horizon=1)
+    directory, _, _ = write_checkpoint(tmp_path / policy_type, config)
+    policy = load_policy(directory)
+    actions = policy.act(np.zeros((4, 1, 3), np.float32), seed=3)
+    assert actions.shape == (4, 1, 1)
+    assert np.all(np.abs(actions) <= 2)
+
+
+def test_wrong_observation_shape_is_refused(tmp_path):
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    with pytest.raises(ContractError, match=r"\[B, 2, 3\]"):
+        load_policy(directory).act(np.zeros((4, 3), np.float32))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path):
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (directory / POLICY_FILE).write_bytes(pickle.dumps({"model": Exploit(), "ema": {}}))
+    with pytest.raises(CheckpointError, match="plain tensors"):
+        load_policy(directory)
+    assert not marker.exists()
+
+
+def test_incomplete_checkpoints_are_named(tmp_path):
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    (directory / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match=r"meta\.json is missing"):
+        load_policy(directory)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_policy(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="sampler"):
+        load_policy(directory, sampler="euler")
+
+
+def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path):
+    from diffpol.sampler import OnnxPolicy, export_onnx
+
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    policy = load_policy(directory, sampler="ddim", steps=5)
+    path = export_onnx(
+        policy.loop,
+        policy.normalizer,
+        policy.action_low,
+        policy.action_high,
+        policy.spec,
+        policy.horizon,
+        policy.env_id,
+        policy.model_version,
+        tmp_path / "policy.onnx",
+    )
+    onnx_policy = OnnxPolicy(path)
+    obs = np.random.default_rng(1).normal(0, 1, (16, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(onnx_policy.act(obs, seed=9), policy.act(obs, seed=9), atol=1e-4)

@@ -1,0 +1,64 @@
+"""Named settings of the end-to-end pipeline (``main.py --preset``).
+
+``default`` is the real run (chosen by measurement: see benchmarks/RESULTS.md); ``quick``
+exercises every stage in about a minute, for tests and a first look.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from diffpol.trainer.config import Config, ModelConfig, OptimConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    env_id: str = "Pendulum-v1"
+    # Data: the expert executed with exploration noise, labelled with its clean action.
+    data_policy: str = "noisy-expert"
+    noise_max: float = 1.0
+    episodes: int = 500
+    rollout_actors: int = 2
+    # Samples: observation history To and action chunk T (the model's To and T).
+    val_fraction: float = 0.1
+    # The diffusion policy and the two baselines trained on the same samples.
+    config: Config = field(default_factory=Config)
+    baseline_epochs: int = 10
+    # Evaluation on held-out env seeds (the data uses seeds seed .. seed + episodes - 1).
+    eval_seeds: str = "100000:101000"
+    ddim_steps: int = 10
+    ddpm_steps: int = 100
+    # Slow PyTorch-side baselines (DDPM-100 in eager mode) are compared on fewer seeds.
+    torch_eval_seeds: str = "100000:100200"
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(),
+    "quick": Preset(
+        episodes=24,
+        rollout_actors=1,
+        config=Config(
+            model=ModelConfig(hidden_width=64, depth=2),
+            optim=OptimConfig(warmup_steps=10),
+            train=TrainConfig(epochs=2, batch_size=256),
+        ),
+        baseline_epochs=1,
+        eval_seeds="100000:100016",
+        torch_eval_seeds="100000:100008",
+        ddpm_steps=20,
+    ),
+}
+
+
+def resolve_preset(name: str, **overrides) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    train_overrides = {k: v for k, v in overrides.items() if v is not None}
+    if train_overrides:
+        config = dataclasses.replace(
+            preset.config, train=dataclasses.replace(preset.config.train, **train_overrides)
+        )
+        preset = dataclasses.replace(preset, config=config)
+    return preset

@@ -1,0 +1,316 @@
+"""What runs inside each Ray Train worker: Lightning over this worker's Ray Data shard.
+
+Per epoch, after validation, every worker saves Lightning's training state and rank 0
+adds the policy weights and JSON sidecars; the directory is reported to Ray Train as that
+epoch's checkpoint. After a worker failure (or when the same run is started again) Ray
+Train hands the latest reported checkpoint back, and Lightning resumes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from diffpol.contracts.normalizer import Normalizer
+from diffpol.trainer.checkpoint import (
+    LIGHTNING_FILE,
+    META_FILE,
+    CheckpointMeta,
+    package_versions,
+    save_policy_weights,
+    write_sidecars,
+)
+from diffpol.trainer.config import Config
+from diffpol.trainer.lightning_module import PolicyLightningModule
+from diffpol.trainer.metrics import (
+    LOSS_PLOT,
+    METRICS_CSV,
+    TENSORBOARD_DIR,
+    TensorBoardScalars,
+    format_epoch_line,
+    plot_losses,
+    write_metrics_csv,
+)
+
+log = logging.getLogger("diffpol.trainer")
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+class EpochCheckpointReporter(pl.Callback):
+    """Checkpoint + metrics every epoch; the metric history is part of its state."""
+
+    def __init__(
+        self,
+        config: Config,
+        normalizer: Normalizer,
+        data: dict[str, Any],
+        out_dir: str | None,
+    ) -> None:
+        self.config = config
+        self.normalizer = normalizer
+        self.data = data
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.history: list[dict[str, Any]] = []
+        self._tensorboard: TensorBoardScalars | None = None
+        self._epoch_start = self._train_end = 0.0
+        self._train_samples = 0
+
+    # The history is restored with Lightning's checkpoint, so it survives restarts.
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._train_end = time.perf_counter()
+        self._train_samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._train_samples += int(batch["obs"].shape[0])
+        self._train_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import ray.train
+
+        epoch = trainer.current_epoch
+        row = self._epoch_row(trainer, pl_module, epoch)
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
+        meta = CheckpointMeta(
+            epochs_completed=epoch + 1,
+            epochs_total=self.config.train.epochs,
+            global_step=trainer.global_step,
+            data=self.data,
+            versions=package_versions(),
+            history=self.history,
+        )
+        rank0 = trainer.global_rank == 0
+        with tempfile.TemporaryDirectory(prefix="diffpol-ckpt-") as tmp:
+            directory = Path(tmp)
+            # Collective: every rank calls it, rank 0 writes.
+            trainer.save_checkpoint(directory / LIGHTNING_FILE, weights_only=False)
+            checkpoint = None
+            if rank0:
+                save_policy_weights(directory, pl_module.policy, pl_module.ema.averaged)
+                write_sidecars(directory, self.config, self.normalizer, meta)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(
+                {k: v for k, v in row.items() if v is not None},
+                checkpoint=checkpoint,
+                checkpoint_dir_name=checkpoint_dir_name(epoch),
+            )
+        if rank0:
+            self._publish(row)
+
+    def _epoch_row(self, trainer, pl_module, epoch: int) -> dict[str, Any]:
+        losses = pl_module.epoch_losses()
+        train_seconds = self._train_end - self._epoch_start
+        samples = self._train_samples * trainer.world_size
+        return {
+            "epoch": epoch,
+            "train_loss": losses["train_loss"],
+            "val_loss": losses["val_loss"],
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+            "global_step": int(trainer.global_step),
+            "epoch_time_s": round(time.perf_counter() - self._epoch_start, 4),
+            "train_samples_per_s": round(samples / train_seconds, 1) if train_seconds > 0 else None,
+        }
+
+    def _publish(self, row: dict[str, Any]) -> None:
+        """Live outputs for someone watching: log line, CSV, plot, TensorBoard."""
+        # A logger, not print: Ray Train V2 tees print() into its logger, doubling lines.
+        log.info(format_epoch_line(row, self.config.train.epochs))
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics_csv(self.history, self.out_dir / METRICS_CSV)
+        plot_losses(self.history, self.out_dir / LOSS_PLOT)
+        if self._tensorboard is None:
+            self._tensorboard = TensorBoardScalars(
+                self.out_dir / TENSORBOARD_DIR, purge_step=row["epoch"]
+            )
+        self._tensorboard.log(row)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+
+class ShardBatches:
+    """Minibatches from a Ray Data shard, re-iterable once per epoch.
+
+    Ray Data hands over ``ingest_batches`` minibatches' worth of rows at a time (one
+    ``iter_torch_batches`` batch, after its local shuffle buffer), which are then permuted
+    and sliced here. Ray Data's cost is mostly per batch (~0.8 ms on the 2-core dev
+    machine), a third of a small control policy's whole training step at batch 256;
+    fetched 16 batches at a time it is a few percent (benchmarks/trainer_bench_test.py).
+    """
+
+    def __init__(
+        self,
+        shard,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        shuffle_buffer_rows: int = 0,
+        ingest_batches: int = 16,
+        seed: int = 0,
+    ) -> None:
+        self.shard = shard
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.shuffle_buffer_rows = shuffle_buffer_rows
+        self.ingest_rows = batch_size * ingest_batches
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        blocks = self.shard.iter_torch_batches(
+            batch_size=self.ingest_rows,
+            dtypes=torch.float32,
+            local_shuffle_buffer_size=(self.shuffle_buffer_rows or None) if self.shuffle else None,
+        )
+        for block in blocks:
+            rows = block["obs"].shape[0]
+            if self.shuffle:
+                order = torch.randperm(rows, generator=self._generator)
+                block = {"obs": block["obs"][order], "action": block["action"][order]}
+            for start in range(0, rows, self.batch_size):
+                yield {
+                    "obs": block["obs"][start : start + self.batch_size],
+                    "action": block["action"][start : start + self.batch_size],
+                }
+
+
+def _restored_checkpoint(scratch: Path) -> tuple[Path | None, CheckpointMeta | None]:
+    """The checkpoint Ray Train handed this attempt (after a failure or a re-run), copied
+    to local disk, and its metadata."""
+    import json
+
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, None
+    local = Path(checkpoint.to_directory(str(scratch / "restored")))
+    meta = CheckpointMeta.from_json(json.loads((local / META_FILE).read_text()))
+    return local / LIGHTNING_FILE, meta
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    warnings.filterwarnings("ignore", message="barrier.*using the device under current context")
+    # Lightning suggests DataLoader workers; batches come from Ray Data, which has its own.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__`.*")
+    # The EMA copy is in eval mode on purpose.
+    warnings.filterwarnings(
+        "ignore", message=".*module\\(s\\) in eval mode at the start of training.*"
+    )
+    # Lightning 2.6 on torch 2.13 (internal, harmless).
+    warnings.filterwarnings(
+        "ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"
+    )
+    logging.getLogger("diffpol.trainer").setLevel(logging.INFO)
+    # Lightning's start-up banners (GPU/TPU availability, tips) would print twice.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+    config = Config.from_json(loop_config["config"])
+    normalizer = Normalizer.from_json(loop_config["normalizer"])
+    data = loop_config["data"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(config.train.seed * 7919 + rank)
+
+    with tempfile.TemporaryDirectory(prefix="diffpol-train-") as tmp:
+        scratch = Path(tmp)
+        ckpt_path, restored = _restored_checkpoint(scratch)
+        if restored is not None:
+            if restored.epochs_completed >= config.train.epochs:
+                if rank == 0:
+                    log.info(
+                        "run already complete (%d of %d epochs); nothing to train",
+                        restored.epochs_completed,
+                        config.train.epochs,
+                    )
+                return
+            if rank == 0:
+                log.info(
+                    "resuming after epoch %d of %d from the latest checkpoint",
+                    restored.epochs_completed,
+                    config.train.epochs,
+                )
+
+        batch_size = config.train.batch_size
+        train_batches = ShardBatches(
+            ray.train.get_dataset_shard("train"),
+            batch_size,
+            shuffle=True,
+            shuffle_buffer_rows=config.train.shuffle_buffer_rows,
+            # A different permutation stream per attempt: a resumed run does not replay.
+            seed=config.train.seed * 7919
+            + rank
+            + 104_729 * (restored.epochs_completed if restored else 0),
+        )
+        val_batches = None
+        if loop_config["has_val"]:
+            val_batches = ShardBatches(
+                ray.train.get_dataset_shard("val"), batch_size, shuffle=False
+            )
+
+        module = PolicyLightningModule(
+            config,
+            obs_dim=data["obs_dim"],
+            act_dim=data["act_dim"],
+            normalizer=normalizer,
+            total_steps=loop_config["steps_per_epoch"] * config.train.epochs,
+        )
+        reporter = EpochCheckpointReporter(config, normalizer, data, loop_config["out_dir"])
+        if context.get_world_size() > 1:
+            distributed = {"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()]}
+        else:
+            # One worker: DDP would only add a gradient all-reduce hook to every step.
+            distributed = {"strategy": SingleDeviceStrategy(device=ray.train.torch.get_device())}
+        trainer = pl.Trainer(
+            max_epochs=config.train.epochs,
+            accelerator="auto" if config.train.gpus > 0 else "cpu",
+            devices=1 if context.get_world_size() == 1 else "auto",
+            **distributed,
+            callbacks=[reporter, *loop_config.get("callbacks", ())],
+            enable_checkpointing=False,
+            logger=False,
+            enable_progress_bar=config.train.progress_bar and rank == 0,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            **({} if val_batches is not None else {"limit_val_batches": 0}),
+            default_root_dir=str(scratch),
+        )
+        if context.get_world_size() > 1:
+            trainer = prepare_trainer(trainer)
+        trainer.fit(
+            module,
+            train_dataloaders=train_batches,
+            val_dataloaders=val_batches,
+            ckpt_path=str(ckpt_path) if ckpt_path else None,
+            weights_only=True,
+        )
+
+
+def steps_per_epoch(train_rows: int, workers: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: each worker gets an equal shard of the rows."""
+    return max(1, math.ceil((train_rows // workers) / batch_size))
