@@ -85,7 +85,8 @@ def download_wheels(dest: Path) -> None:
 
 def build_pex(wheels: Path, out: Path) -> None:
     run(
-        sys.executable, "-m", "pex", "--no-pypi", "-f", wheels, pinned("pex"),
+        sys.executable, "-m", "pex", "--pex-root", wheels.parent / "pex_root",
+        "--no-pypi", "-f", wheels, pinned("pex"),
         "-c", "pex", "-o", out, "--no-strip-pex-env", "--include-tools", "--no-build",
         "--no-compile", "--python-shebang", "/usr/bin/env python",
     )  # fmt: skip
@@ -112,7 +113,10 @@ def build_grpc_plugin(wheels: Path, out: Path) -> None:
         tag = "cp" + version.replace(".", "")
         platforms += ["--platform", f"manylinux2014_x86_64-cp-{tag[2:]}-{tag}"]
     run(
-        sys.executable, "-m", "pex", "--no-pypi", "-f", wheels,
+        # A private PEX_ROOT: a shared ~/.pex whose installed wheels gained files (e.g.
+        # bytecode) from running PEXes would change what goes into this one.
+        sys.executable, "-m", "pex", "--pex-root", wheels.parent / "pex_root",
+        "--no-pypi", "-f", wheels,
         pinned("grpcio-tools"), pinned("grpcio"), pinned("protobuf"),
         "-D", PLUGIN_SRC, "-e", "protoc_gen_grpc_python:main", *platforms,
         "--python-shebang", "/usr/bin/python3", "--runtime-pex-root", ".cache/pex_root",
