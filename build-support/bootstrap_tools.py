@@ -134,7 +134,12 @@ TOOLS = {
 
 def inputs_digest() -> str:
     digest = hashlib.sha256()
-    for path in [Path(__file__), TOOL_REQUIREMENTS, PLUGIN_REQUIREMENTS, *sorted(PLUGIN_SRC.glob("*.py"))]:
+    for path in [
+        Path(__file__),
+        TOOL_REQUIREMENTS,
+        PLUGIN_REQUIREMENTS,
+        *sorted(PLUGIN_SRC.glob("*.py")),
+    ]:
         digest.update(path.read_bytes())
     for scope, _ in TOOLS.values():
         digest.update(expected_sha256(scope).encode())
@@ -155,7 +160,10 @@ def main() -> int:
     digest = "" if args.print_hashes else inputs_digest()
     if digest and stamp.is_file() and stamp.read_text() == digest:
         return 0
-    print("bootstrap_tools: building pex, protoc and the gRPC plugin (first use only)...", file=sys.stderr)
+    print(
+        "bootstrap_tools: building pex, protoc and the gRPC plugin (first use only)...",
+        file=sys.stderr,
+    )
     TOOLS_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=TOOLS_DIR) as tmp:
         wheels = Path(tmp) / "wheels"
@@ -168,7 +176,9 @@ def main() -> int:
             if args.print_hashes:
                 print(f"[{scope}] {name}: {actual}|{size}")
             elif actual != (expected := expected_sha256(scope)):
-                mismatches.append(f"{name}: built {actual} ({size} bytes), pants.toml pins {expected}")
+                mismatches.append(
+                    f"{name}: built {actual} ({size} bytes), pants.toml pins {expected}"
+                )
             os.replace(built, TOOLS_DIR / name)
         if mismatches and not args.print_hashes:
             print("bootstrap_tools: built tools differ from the hashes pinned in pants.toml:\n  "
