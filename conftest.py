@@ -32,3 +32,16 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dp_cache_dir(tmp_path_factory):
+    """A private cache for the rollout DP expert's solved tables, for one test module.
+
+    Request it before ``ray_local`` (or as an autouse fixture) so that it is set before Ray
+    starts: Ray workers inherit the environment, and the actors then share this cache.
+    """
+    cache = tmp_path_factory.mktemp("dp-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIFFPOL_CACHE_DIR", str(cache))
+        yield cache

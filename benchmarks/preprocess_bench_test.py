@@ -26,7 +26,7 @@ import pytest
 import ray
 
 from diffpol.preprocess import PreprocessConfig, preprocess
-from diffpol.preprocess.pipeline import samples_for_group, tag_shuffle_groups
+from diffpol.preprocess.pipeline import split_samples
 from diffpol.preprocess.ray_settings import pipeline_data_context
 from diffpol.preprocess.sources import INPUT_COLUMNS, open_sources
 from diffpol.preprocess.split import split_episodes
@@ -117,26 +117,7 @@ def _episode_windows(sources, normalizer, plan) -> ray.data.Dataset:
 
 def _variant(name: str, sources, normalizer, plan) -> ray.data.Dataset:
     if name == "episode_groups (chosen)":
-        files = [str(p) for s in sources.items for p in s.files]
-        ds = ray.data.read_parquet(files, columns=INPUT_COLUMNS)
-        ds = ds.map_batches(
-            tag_shuffle_groups,
-            batch_format="pyarrow",
-            batch_size=None,
-            fn_kwargs={"ids": plan.ids, "groups": plan.groups},
-        )
-        return ds.groupby("shuffle_group").map_groups(
-            samples_for_group,
-            batch_format="pyarrow",
-            fn_kwargs={
-                "n_obs_steps": CONFIG.n_obs_steps,
-                "horizon": CONFIG.horizon,
-                "obs_normalizer": normalizer.obs,
-                "action_normalizer": normalizer.action,
-                "expected_lengths": (plan.ids, plan.lengths),
-                "seed": (0, 0),
-            },
-        )
+        return split_samples(sources, plan, normalizer, CONFIG, split_index=0)
     ds = _episode_windows(sources, normalizer, plan)
     if name == "none (episode order)":
         return ds

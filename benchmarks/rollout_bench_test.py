@@ -27,16 +27,8 @@ GOAL_TRANSITIONS_PER_S = 300_000
 DP_PARAMS = {} if SCALE >= 1.0 else {"grid": 100}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    """A private DP cache (set before any Ray starts, so actors see it too)."""
-    old = os.environ.get("DIFFPOL_CACHE_DIR")
-    os.environ["DIFFPOL_CACHE_DIR"] = str(tmp_path_factory.mktemp("dp-cache"))
-    yield
-    if old is None:
-        os.environ.pop("DIFFPOL_CACHE_DIR")
-    else:
-        os.environ["DIFFPOL_CACHE_DIR"] = old
+# A private DP cache for every test, set before ``ray_local`` starts Ray (actors inherit it).
+pytestmark = pytest.mark.usefixtures("dp_cache_dir")
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,9 @@ class DatasetManifest:
     fingerprint: str
     # Package versions and anything needed to replay (e.g. the env backend and its seeding).
     provenance: dict[str, Any] = field(default_factory=dict)
+    # sha256 of each data file by name (see file_digests), so that a failed check can say
+    # which file changed; manifests written before this field have none.
+    file_digests: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +65,7 @@ class DatasetManifest:
                 "here: upgrade diffpol-contracts"
             )
         names = {f for f in cls.__dataclass_fields__}
-        missing = sorted(names - raw.keys() - {"provenance"})
+        missing = sorted(names - raw.keys() - {"provenance", "file_digests"})
         if missing:
             raise ContractError(f"manifest is missing field(s): {', '.join(missing)}")
         values = {k: raw[k] for k in names if k in raw}
@@ -76,14 +79,44 @@ def data_files(root: str | Path) -> list[Path]:
     return sorted((Path(root) / DATA_DIR).glob("*.parquet"))
 
 
+def _hash_file(path: Path, digest) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+
+
 def fingerprint_files(files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(files, key=lambda p: p.name):
         digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        _hash_file(path, digest)
     return digest.hexdigest()
+
+
+def file_digests(files: list[Path]) -> dict[str, str]:
+    """sha256 of each file, by file name."""
+    digests = {}
+    for path in sorted(files, key=lambda p: p.name):
+        digest = hashlib.sha256()
+        _hash_file(path, digest)
+        digests[path.name] = digest.hexdigest()
+    return digests
+
+
+def _describe_damage(expected: dict[str, str], actual: dict[str, str]) -> str:
+    """Which data files differ from the manifest's per-file digests, for an error message."""
+    parts = []
+    for label, names in (
+        ("missing", sorted(expected.keys() - actual.keys())),
+        (
+            "changed or truncated",
+            sorted(n for n in expected.keys() & actual.keys() if expected[n] != actual[n]),
+        ),
+        ("not in the manifest", sorted(actual.keys() - expected.keys())),
+    ):
+        if names:
+            parts.append(f"{label}: {', '.join(names)}")
+    return "; ".join(parts)
 
 
 def read_manifest(root: str | Path, *, verify: bool = True) -> DatasetManifest:
@@ -100,11 +133,16 @@ def read_manifest(root: str | Path, *, verify: bool = True) -> DatasetManifest:
     except (json.JSONDecodeError, TypeError) as exc:
         raise ContractError(f"{path} is not a valid manifest: {exc}") from exc
     if verify:
-        actual = fingerprint_files(data_files(root))
+        files = data_files(root)
+        actual = fingerprint_files(files)
         if actual != manifest.fingerprint:
+            damage = manifest.file_digests and _describe_damage(
+                manifest.file_digests, file_digests(files)
+            )
             raise ContractError(
                 f"{root}: data files do not match the manifest fingerprint "
-                f"({actual[:12]} != {manifest.fingerprint[:12]}): a file was changed, "
-                "truncated or removed"
+                f"({actual[:12]} != {manifest.fingerprint[:12]}): "
+                + (damage or "a file was changed, truncated or removed")
+                + "; rerun the collection that wrote it"
             )
     return manifest

@@ -11,15 +11,17 @@ from diffpol.contracts.dataset import (
     DatasetManifest,
     ReturnStats,
     data_files,
+    file_digests,
     fingerprint_files,
     read_manifest,
 )
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 
 
-def write_dataset(root, payload=b"rows"):
+def write_dataset(root, payload=b"rows", *, with_file_digests=True):
     (root / "data").mkdir(parents=True)
     (root / "data" / "part-00000.parquet").write_bytes(payload)
+    (root / "data" / "part-00001.parquet").write_bytes(payload + b"more")
     manifest = DatasetManifest(
         schema_version=1,
         env_id="Pendulum-v1",
@@ -34,6 +36,7 @@ def write_dataset(root, payload=b"rows"):
         transitions=200,
         returns=ReturnStats(mean=-100.0, std=0.0, min=-100.0, max=-100.0),
         fingerprint=fingerprint_files(data_files(root)),
+        file_digests=file_digests(data_files(root)) if with_file_digests else {},
     )
     atomic_write_json(root / "manifest.json", manifest.to_json())
     return manifest
@@ -48,6 +51,36 @@ def test_changed_data_file_is_detected(tmp_path):
     write_dataset(tmp_path)
     (tmp_path / "data" / "part-00000.parquet").write_bytes(b"row")  # truncated
     with pytest.raises(ContractError, match="do not match the manifest fingerprint"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda d: (d / "part-00001.parquet").write_bytes(b"rows"),
+            "changed or truncated: part-00001",
+        ),
+        (lambda d: (d / "part-00000.parquet").unlink(), "missing: part-00000.parquet"),
+        (lambda d: (d / "part-00002.parquet").write_bytes(b"x"), "not in the manifest: part-00002"),
+    ],
+)
+def test_a_failed_check_names_the_damaged_file(tmp_path, damage, expected):
+    write_dataset(tmp_path)
+    damage(tmp_path / "data")
+    with pytest.raises(ContractError, match=expected) as error:
+        read_manifest(tmp_path)
+    assert str(error.value).count("part-") == 1
+
+
+def test_a_manifest_without_file_digests_still_detects_damage(tmp_path):
+    manifest = write_dataset(tmp_path, with_file_digests=False)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    del raw["file_digests"]  # as written before the field existed
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert read_manifest(tmp_path) == manifest
+    (tmp_path / "data" / "part-00000.parquet").write_bytes(b"row")
+    with pytest.raises(ContractError, match="a file was changed, truncated or removed"):
         read_manifest(tmp_path)
 
 

@@ -132,6 +132,38 @@ def preprocess(
     return PreprocessResult(out_dir, info, normalizer, seconds)
 
 
+def split_samples(
+    sources: Sources,
+    plan: SplitPlan,
+    normalizer: Normalizer,
+    config: PreprocessConfig,
+    *,
+    split_index: int,
+) -> ray.data.Dataset:
+    """One split's samples, as a lazy Ray Dataset: read, tag each episode with its shuffle
+    group, then build and shuffle the windows of one group at a time."""
+    files = [str(p) for source in sources.items for p in source.files]
+    ds = ray.data.read_parquet(files, columns=INPUT_COLUMNS)
+    ds = ds.map_batches(
+        tag_shuffle_groups,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"ids": plan.ids, "groups": plan.groups},
+    )
+    return ds.groupby(GROUP_COLUMN).map_groups(
+        samples_for_group,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "n_obs_steps": config.n_obs_steps,
+            "horizon": config.horizon,
+            "obs_normalizer": normalizer.obs,
+            "action_normalizer": normalizer.action,
+            "expected_lengths": (plan.ids, plan.lengths),
+            "seed": (config.seed, split_index),
+        },
+    )
+
+
 def write_split(
     sources: Sources,
     plan: SplitPlan,
@@ -149,26 +181,7 @@ def write_split(
         directory.mkdir(parents=True)
         pq.write_table(schema.empty_table(), directory / "empty.parquet")
     else:
-        files = [str(p) for source in sources.items for p in source.files]
-        ds = ray.data.read_parquet(files, columns=INPUT_COLUMNS)
-        ds = ds.map_batches(
-            tag_shuffle_groups,
-            batch_format="pyarrow",
-            batch_size=None,
-            fn_kwargs={"ids": plan.ids, "groups": plan.groups},
-        )
-        ds = ds.groupby(GROUP_COLUMN).map_groups(
-            samples_for_group,
-            batch_format="pyarrow",
-            fn_kwargs={
-                "n_obs_steps": config.n_obs_steps,
-                "horizon": config.horizon,
-                "obs_normalizer": normalizer.obs,
-                "action_normalizer": normalizer.action,
-                "expected_lengths": (plan.ids, plan.lengths),
-                "seed": (config.seed, split_index),
-            },
-        )
+        ds = split_samples(sources, plan, normalizer, config, split_index=split_index)
         # A minimum only: with a maximum as well, Ray cuts blocks into odd small tails.
         ds.write_parquet(str(directory), min_rows_per_file=config.rows_per_file)
     written = sorted(directory.glob("*.parquet"))

@@ -23,6 +23,7 @@ from diffpol.contracts.dataset import (
     DatasetManifest,
     ReturnStats,
     data_files,
+    file_digests,
     fingerprint_files,
 )
 
@@ -116,6 +117,7 @@ def write_dataset(
         transitions=tables.num_rows if tables is not None else 0,
         returns=ReturnStats(0.0, 0.0, 0.0, 0.0),
         fingerprint=fingerprint_files(data_files(root)),
+        file_digests=file_digests(data_files(root)),
         provenance={"writer": "diffpol.preprocess.synthetic"},
     )
     atomic_write_json(root / MANIFEST, manifest.to_json())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -13,17 +11,8 @@ from diffpol.rollout.collect import collect, collect_local
 from diffpol.rollout.main import main
 from diffpol.rollout.plan import episode_ids, make_plan
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    """Set before ``ray_local`` starts, so actors (which inherit it) share this DP cache."""
-    old = os.environ.get("DIFFPOL_CACHE_DIR")
-    os.environ["DIFFPOL_CACHE_DIR"] = str(tmp_path_factory.mktemp("dp-cache"))
-    yield
-    if old is None:
-        os.environ.pop("DIFFPOL_CACHE_DIR")
-    else:
-        os.environ["DIFFPOL_CACHE_DIR"] = old
+# A private DP cache for every test, set before ``ray_local`` starts Ray (actors inherit it).
+pytestmark = pytest.mark.usefixtures("dp_cache_dir")
 
 
 # 16 shards of 2 episodes, so there is work left when an actor is killed.

@@ -24,6 +24,7 @@ from diffpol.contracts.dataset import (
     DatasetManifest,
     ReturnStats,
     data_files,
+    file_digests,
     fingerprint_files,
 )
 from diffpol.contracts.errors import ContractError
@@ -107,6 +108,7 @@ class DatasetWriter:
                 max=float(returns.max()),
             ),
             fingerprint=fingerprint_files(data_files(self.staging)),
+            file_digests=file_digests(data_files(self.staging)),
             provenance=dict(provenance),
         )
         atomic_write_json(self.staging / MANIFEST, manifest.to_json())
