@@ -17,7 +17,7 @@ import time
 import pytest
 
 from diffpol.evaluator import evaluate
-from diffpol.evaluator.testing import export_reference_onnx
+from diffpol.sampler.testing import export_reference
 
 SCALE = float(os.environ.get("DIFFPOL_BENCH_SCALE", "1.0"))
 EPISODES = max(2, round(1000 * SCALE))
@@ -27,7 +27,21 @@ GOAL_S_PER_1000 = 60.0
 @pytest.fixture(scope="module")
 def ddim_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "ddim10.onnx"
-    return str(export_reference_onnx(path, sampler="ddim", steps=10, horizon=4, width=256))
+    # The evaluator's representative model: DDIM-10, 3 x 256 Mish, Pendulum's dimensions.
+    return str(
+        export_reference(
+            path,
+            obs_dim=3,
+            act_dim=1,
+            n_obs_steps=1,
+            horizon=4,
+            n_action_steps=1,
+            width=256,
+            depth=3,
+            activation="mish_fast",
+            model_version="reference-ddim10-w256",
+        )
+    )
 
 
 def test_evaluate_pendulum_onnx(benchmark, ray_local, ddim_onnx):

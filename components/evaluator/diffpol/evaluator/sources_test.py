@@ -6,7 +6,7 @@ import pytest
 
 from diffpol.evaluator import evaluate
 from diffpol.evaluator.errors import EvaluationConfigError
-from diffpol.evaluator.testing import export_reference_onnx
+from diffpol.sampler.testing import export_reference_ddpm
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,8 +29,14 @@ def ddpm_onnx(tmp_path_factory):
     """A stochastic sampler (DDPM: fresh noise at each denoising step) with action chunks."""
     path = tmp_path_factory.mktemp("onnx") / "ddpm.onnx"
     return str(
-        export_reference_onnx(
-            path, sampler="ddpm", steps=10, n_obs_steps=2, horizon=8, n_action_steps=4, width=32
+        export_reference_ddpm(
+            path,
+            obs_dim=3,  # Pendulum-v1
+            act_dim=1,
+            n_obs_steps=2,
+            horizon=8,
+            n_action_steps=4,
+            activation="mish_fast",
         )
     )
 

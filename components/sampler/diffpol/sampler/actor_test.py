@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 
 from diffpol.sampler import OnnxPolicy, SamplerClient
-
-
-def _obs(batch, seed=0):
-    return np.random.default_rng(seed).standard_normal((batch, 2, 3)).astype(np.float32)
+from diffpol.sampler.testing import reference_obs
 
 
 def _alive(pid: int) -> bool:
@@ -42,7 +39,7 @@ def test_actor_serves_grpc_and_reloads(ray_local, sampler_actor, models):
     assert address.startswith("127.0.0.1:") and not address.endswith(":0")
     assert ray_local.get(actor.address.remote()) == address
     expected = {"v1": OnnxPolicy(models["ddim"]), "v2": OnnxPolicy(models["ddim_v2"])}
-    obs = _obs(3)
+    obs = reference_obs(3)
     with SamplerClient(address, timeout_s=5) as client:
         assert client.health()
         np.testing.assert_array_equal(client.sample(obs, seed=1), expected["v1"].act(obs, seed=1))
@@ -58,7 +55,7 @@ def test_actor_serves_grpc_and_reloads(ray_local, sampler_actor, models):
 def test_ray_restarts_a_killed_actor_and_the_client_recovers(ray_local, sampler_actor, models):
     actor, address = sampler_actor
     policy = OnnxPolicy(models["ddim"])
-    obs = _obs(2, 5)
+    obs = reference_obs(2, 5)
     with SamplerClient(
         address, timeout_s=2, retries=40, backoff_s=0.05, max_backoff_s=0.25
     ) as client:

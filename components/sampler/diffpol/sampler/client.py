@@ -19,7 +19,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from diffpol.contracts import PolicySpec, numpy_to_tensor, tensor_to_numpy
+from diffpol.contracts import PolicySpec, tensor_to_numpy
+from diffpol.contracts.tensor import encode_bytes_field, encode_tensor, encode_varint_field
 from diffpol.sampler.errors import SamplerInputError, SamplerRpcError
 from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
 
@@ -31,6 +32,8 @@ _INPUT_CODES = {
     grpc.StatusCode.FAILED_PRECONDITION: "FAILED_PRECONDITION",
 }
 _DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
+_SAMPLE_METHOD = f"/{SERVICE_NAME}/Sample"
+_SAMPLE_STREAM_METHOD = f"/{SERVICE_NAME}/SampleStream"
 T = TypeVar("T")
 
 
@@ -94,6 +97,18 @@ class SamplerClient:
             ],
         )
         self._stub = sampler_pb2_grpc.SamplerServiceStub(self._channel)
+        # Sample requests are written as bytes straight from the array (see _request).
+        self._sample = self._channel.unary_unary(
+            _SAMPLE_METHOD,
+            request_serializer=None,
+            response_deserializer=sampler_pb2.SampleResponse.FromString,
+        )
+        self._sample_stream = self._channel.stream_stream(
+            _SAMPLE_STREAM_METHOD,
+            request_serializer=None,
+            response_deserializer=sampler_pb2.SampleResponse.FromString,
+        )
+        self._version_field = encode_bytes_field(3, model_version.encode())
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._spec: PolicySpec | None = None
 
@@ -117,21 +132,21 @@ class SamplerClient:
             time.sleep(self._backoff(attempt))
             attempt += 1
 
-    def _request(self, obs: np.ndarray, seed: int | None) -> sampler_pb2.SampleRequest:
+    def _request(self, obs: np.ndarray, seed: int | None) -> bytes:
+        """A serialized SampleRequest (obs = 1, seed = 2, model_version = 3), written
+        straight from the array instead of copied float by float into a message."""
         obs = np.asarray(obs)
         if obs.dtype.kind != "f":
             raise SamplerInputError(
                 f"obs must be a floating-point array, got dtype {obs.dtype} "
                 "(convert with .astype(np.float32))"
             )
-        request = sampler_pb2.SampleRequest(
-            obs=numpy_to_tensor(obs), model_version=self.model_version
-        )
+        request = encode_bytes_field(1, encode_tensor(obs))
         if seed is not None:
             if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
                 raise SamplerInputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-            request.seed = int(seed)
-        return request
+            request += encode_varint_field(2, int(seed))
+        return request + self._version_field
 
     # -- API -----------------------------------------------------------------------------
 
@@ -139,7 +154,7 @@ class SamplerClient:
         self, obs: np.ndarray, seed: int | None = None, timeout_s: float | None = None
     ) -> np.ndarray:
         """Actions [B, n_action_steps, act_dim] for obs [B, n_obs_steps, obs_dim]."""
-        response = self._call("Sample", self._stub.Sample, self._request(obs, seed), timeout_s)
+        response = self._call("Sample", self._sample, self._request(obs, seed), timeout_s)
         return tensor_to_numpy(response.action, "action")
 
     def model_info(self, timeout_s: float | None = None) -> sampler_pb2.ModelInfo:
@@ -219,7 +234,7 @@ class SampleStream:
             self._requests.put(_END)
             previous.cancel()
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._call = self._client._stub.SampleStream(iter(self._requests.get, _END))
+        self._call = self._client._sample_stream(iter(self._requests.get, _END))
 
     def _watch(self) -> None:
         while not self._closed.wait(self._timeout_s / 4):

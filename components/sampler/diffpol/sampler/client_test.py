@@ -13,29 +13,14 @@ from diffpol.contracts import Policy, PolicySpec
 from diffpol.sampler import OnnxPolicy, SamplerClient, SamplerInputError, serve
 from diffpol.sampler.client import parse_address
 from diffpol.sampler.errors import SamplerRpcError
+from diffpol.sampler.testing import reference_obs
 from diffpol.v1 import sampler_pb2_grpc
-
-
-@pytest.fixture(scope="module")
-def policy(models):
-    return OnnxPolicy(models["ddim"])
-
-
-@pytest.fixture(scope="module")
-def server(models):
-    srv = serve(models["ddim"], max_batch_size=64)
-    yield srv
-    srv.stop(0)
 
 
 @pytest.fixture()
 def client(server):
     with SamplerClient(f"grpc://{server.address}", timeout_s=5) as c:
         yield c
-
-
-def _obs(batch, seed=0):
-    return np.random.default_rng(seed).standard_normal((batch, 2, 3)).astype(np.float32)
 
 
 def _free_port() -> int:
@@ -56,7 +41,7 @@ def test_address_forms():
 def test_client_is_a_policy_matching_the_in_process_one(client, policy):
     assert isinstance(client, Policy)
     assert client.spec == PolicySpec(obs_dim=3, act_dim=2, n_obs_steps=2, n_action_steps=4)
-    obs = _obs(6)
+    obs = reference_obs(6)
     np.testing.assert_array_equal(client.act(obs, seed=9), policy.act(obs, seed=9))
     np.testing.assert_array_equal(client.sample(obs[:1], seed=0), policy.act(obs[:1], seed=0))
     assert client.model_info().model_version == "v1"
@@ -88,19 +73,21 @@ def test_pinned_model_version(server):
         SamplerClient(server.address, model_version="v9") as pinned,
         pytest.raises(SamplerInputError, match="expects 'v9'") as info,
     ):
-        pinned.sample(_obs(1))
+        pinned.sample(reference_obs(1))
     assert info.value.code == "FAILED_PRECONDITION"
 
 
 def test_stream_for_control_loops(client, policy):
     with client.stream() as stream:
         for step in range(20):
-            obs = _obs(1, step)
+            obs = reference_obs(1, step)
             np.testing.assert_array_equal(stream.sample(obs, seed=step), policy.act(obs, seed=step))
         with pytest.raises(SamplerInputError, match="non-finite"):
             stream.sample(np.full((1, 2, 3), np.inf, np.float32))
         # The failed call ended its stream; the object opened a fresh one.
-        np.testing.assert_array_equal(stream.sample(_obs(2), seed=1), policy.act(_obs(2), seed=1))
+        np.testing.assert_array_equal(
+            stream.sample(reference_obs(2), seed=1), policy.act(reference_obs(2), seed=1)
+        )
 
 
 def test_unreachable_server_fails_after_bounded_retries():
@@ -108,7 +95,7 @@ def test_unreachable_server_fails_after_bounded_retries():
     with SamplerClient(f"127.0.0.1:{port}", timeout_s=0.5, retries=2, backoff_s=0.05) as c:
         started = time.monotonic()
         with pytest.raises(SamplerRpcError) as info:
-            c.sample(_obs(1))
+            c.sample(reference_obs(1))
         elapsed = time.monotonic() - started
         assert not c.health()
     assert info.value.code == "UNAVAILABLE"
@@ -124,9 +111,9 @@ def test_client_recovers_when_the_server_comes_back(models, policy):
             f"127.0.0.1:{port}", timeout_s=1, retries=30, backoff_s=0.05, max_backoff_s=0.2
         ) as c:
             try:
-                result["action"] = c.sample(_obs(2), seed=3)
+                result["action"] = c.sample(reference_obs(2), seed=3)
                 with c.stream() as stream:
-                    result["stream"] = stream.sample(_obs(2), seed=4)
+                    result["stream"] = stream.sample(reference_obs(2), seed=4)
             except BaseException as exc:
                 result["error"] = exc
 
@@ -136,8 +123,8 @@ def test_client_recovers_when_the_server_comes_back(models, policy):
     with serve(models["ddim"], port=port):
         caller.join(timeout=30)
     assert "error" not in result, result.get("error")
-    np.testing.assert_array_equal(result["action"], policy.act(_obs(2), seed=3))
-    np.testing.assert_array_equal(result["stream"], policy.act(_obs(2), seed=4))
+    np.testing.assert_array_equal(result["action"], policy.act(reference_obs(2), seed=3))
+    np.testing.assert_array_equal(result["stream"], policy.act(reference_obs(2), seed=4))
 
 
 class _StalledSampler(sampler_pb2_grpc.SamplerServiceServicer):
@@ -162,7 +149,7 @@ def test_stream_times_out_on_a_hung_server():
         ):
             started = time.monotonic()
             with pytest.raises(SamplerRpcError, match=r"no answer within 0\.2 s") as info:
-                stream.sample(_obs(1))
+                stream.sample(reference_obs(1))
             assert info.value.code == "DEADLINE_EXCEEDED"
             assert time.monotonic() - started < 2  # two attempts of ~0.2-0.25 s each
     finally:
@@ -175,4 +162,4 @@ def test_client_argument_checks(server):
     with pytest.raises(ValueError, match="retries"):
         SamplerClient(server.address, retries=-1)
     with SamplerClient(server.address) as c, pytest.raises(SamplerInputError, match="seed"):
-        c.sample(_obs(1), seed=-3)
+        c.sample(reference_obs(1), seed=-3)

@@ -8,6 +8,12 @@ status and a message a user can act on, and the server keeps serving:
 - RESOURCE_EXHAUSTED: more rows than ``max_batch_size`` (or a message over the size limit);
 - FAILED_PRECONDITION: the request pins a ``model_version`` other than the loaded one;
 - DEADLINE_EXCEEDED: the deadline passed while the request waited; it was not run.
+
+The sampler's methods are registered without grpcio's protobuf (de)serializers: handlers
+get the request bytes and answer bytes. So bytes that are not a valid request get
+INVALID_ARGUMENT from the handler (grpcio's own deserializer would answer INTERNAL), and
+responses are written straight from the action array (``contracts.encode_tensor``), not
+copied float by float into a protobuf message.
 """
 
 from __future__ import annotations
@@ -16,27 +22,32 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from diffpol.contracts import ContractError, numpy_to_tensor, tensor_to_numpy
+from diffpol.contracts import ContractError, tensor_to_numpy
+from diffpol.contracts.tensor import encode_bytes_field, encode_tensor
 from diffpol.sampler import __version__ as SERVER_VERSION
 from diffpol.sampler.batching import DeadlineExpired, Job, MicroBatcher
 from diffpol.sampler.errors import SamplerInputError
 from diffpol.sampler.runtime import OnnxPolicy
-from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
+from diffpol.v1 import sampler_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = sampler_pb2.DESCRIPTOR.services_by_name["SamplerService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MIN_MESSAGE_BYTES = 4 * 1024 * 1024
+M = TypeVar("M", sampler_pb2.SampleRequest, sampler_pb2.GetModelInfoRequest)
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ class SamplerServer:
     def __init__(self, model_path: str | Path, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
         self._model_path = Path(model_path).resolve()
-        self._model = self._load(self._model_path)
+        self._loaded = self._load(self._model_path)
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
         self._batcher = (
@@ -100,7 +111,7 @@ class SamplerServer:
         )
         self._counts_lock = threading.Lock()
         self._counts = {"requests": 0, "errors": 0, "expired": 0, "reloads": 0}
-        message_bytes = config.max_message_bytes or self._message_bytes_for(self._model)
+        message_bytes = config.max_message_bytes or self._message_bytes_for(self.model)
         options = [
             ("grpc.max_receive_message_length", message_bytes),
             ("grpc.max_send_message_length", message_bytes),
@@ -111,7 +122,17 @@ class SamplerServer:
             futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="sampler-rpc"),
             options=options,
         )
-        sampler_pb2_grpc.add_SamplerServiceServicer_to_server(_Servicer(self), self._server)
+        handlers = {
+            # No request_deserializer / response_serializer: the handlers take and return bytes.
+            "Sample": grpc.unary_unary_rpc_method_handler(self._sample_unary),
+            "SampleStream": grpc.stream_stream_rpc_method_handler(self._sample_stream),
+            "GetModelInfo": grpc.unary_unary_rpc_method_handler(self._get_model_info),
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        # What the generated add_..._to_server does too: grpcio's faster path for known methods.
+        self._server.add_registered_method_handlers(SERVICE_NAME, handlers)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -147,7 +168,7 @@ class SamplerServer:
                 target=self._watch, name="sampler-model-watch", daemon=True
             )
             self._watcher.start()
-        log.info("sampler serving %s at %s", self._model, self.address)
+        log.info("sampler serving %s at %s", self.model, self.address)
         return self
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -174,20 +195,22 @@ class SamplerServer:
 
     @property
     def model(self) -> OnnxPolicy:
-        return self._model
+        return self._loaded.model
 
     @property
     def model_path(self) -> Path:
         return self._model_path
 
-    def _load(self, path: Path) -> OnnxPolicy:
+    def _load(self, path: Path) -> _Loaded:
         providers = list(self.config.providers) if self.config.providers else None
-        return OnnxPolicy(
+        model = OnnxPolicy(
             path,
             providers=providers,
             intra_op_threads=self.config.intra_op_threads,
             max_batch_size=self.config.max_batch_size,
         )
+        info = self._model_info(model).SerializeToString()
+        return _Loaded(model, encode_bytes_field(2, model.model_version.encode()), info)
 
     def reload(self, path: str | Path | None = None) -> OnnxPolicy:
         """Load ``path`` (default: the current file again) and serve it from now on.
@@ -198,9 +221,9 @@ class SamplerServer:
         """
         with self._reload_lock:
             target = Path(path).resolve() if path is not None else self._model_path
-            model = self._load(target)
-            previous = self._model
-            self._model, self._model_path = model, target
+            loaded = self._load(target)
+            model, previous = loaded.model, self.model
+            self._loaded, self._model_path = loaded, target
             with self._counts_lock:
                 self._counts["reloads"] += 1
         log.info(
@@ -228,7 +251,10 @@ class SamplerServer:
                 )
 
     def model_info(self) -> sampler_pb2.ModelInfo:
-        m = self._model.metadata
+        return self._model_info(self.model)
+
+    def _model_info(self, model: OnnxPolicy) -> sampler_pb2.ModelInfo:
+        m = model.metadata
         return sampler_pb2.ModelInfo(
             env_id=m.env_id,
             obs_dim=m.obs_dim,
@@ -267,15 +293,29 @@ class SamplerServer:
         with self._counts_lock:
             self._counts[key] += 1
 
-    def handle(
-        self, request: sampler_pb2.SampleRequest, context: grpc.ServicerContext
-    ) -> sampler_pb2.SampleResponse:
-        """Answer one request, or end the call with the status its problem maps to."""
+    def _sample_unary(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+        return self.handle(payload, context)
+
+    def _sample_stream(self, payloads: Iterator[bytes], context: grpc.ServicerContext):
+        # One response per request, in order; a bad request ends the stream with its status.
+        for payload in payloads:
+            yield self.handle(payload, context)
+
+    def _get_model_info(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            _decode(sampler_pb2.GetModelInfoRequest, payload)
+        except SamplerInputError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._loaded.model_info
+
+    def handle(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+        """Answer one serialized SampleRequest with a serialized SampleResponse, or end the
+        call with the status its problem maps to."""
         ticket = _Ticket()
         if self._batcher is not None:
             self._batcher.arrive()  # tells the batcher another request is on its way
         try:
-            return self._sample(request, context, ticket)
+            return self._sample(payload, context, ticket)
         except DeadlineExpired:
             self._count("expired")
             context.abort(
@@ -294,11 +334,11 @@ class SamplerServer:
                 self._batcher.depart()  # once queued, the batcher answers for the request
         raise AssertionError("unreachable: context.abort raises")
 
-    def _sample(
-        self, request: sampler_pb2.SampleRequest, context: grpc.ServicerContext, ticket: _Ticket
-    ) -> sampler_pb2.SampleResponse:
+    def _sample(self, payload: bytes, context: grpc.ServicerContext, ticket: _Ticket) -> bytes:
         self._count("requests")
-        model = self._model  # one snapshot: a concurrent reload cannot change it under us
+        request = _decode(sampler_pb2.SampleRequest, payload)
+        loaded = self._loaded  # one snapshot: a concurrent reload cannot change it under us
+        model = loaded.model
         if request.model_version and request.model_version != model.model_version:
             raise SamplerInputError(
                 f"this server has model_version {model.model_version!r} loaded, the request "
@@ -314,9 +354,8 @@ class SamplerServer:
         seed = request.seed if request.HasField("seed") else None
         noise, step_noise = model.draw_inputs(obs.shape[0], seed)
         action = self._execute(model, obs, noise, step_noise, context, ticket)
-        return sampler_pb2.SampleResponse(
-            action=numpy_to_tensor(action), model_version=model.model_version
-        )
+        # SampleResponse: action = 1, model_version = 2 (field order as protobuf writes it).
+        return encode_bytes_field(1, encode_tensor(action)) + loaded.version_field
 
     def _execute(
         self,
@@ -345,20 +384,24 @@ class _Ticket:
         self.submitted = False
 
 
-class _Servicer(sampler_pb2_grpc.SamplerServiceServicer):
-    def __init__(self, server: SamplerServer) -> None:
-        self._server = server
+@dataclass(frozen=True)
+class _Loaded:
+    """The served model and what every response derives from it, swapped as one on reload."""
 
-    def Sample(self, request, context):
-        return self._server.handle(request, context)
+    model: OnnxPolicy
+    version_field: bytes  # SampleResponse.model_version, serialized
+    model_info: bytes  # GetModelInfo's answer, serialized
 
-    def SampleStream(self, request_iterator, context):
-        # One response per request, in order; a bad request ends the stream with its status.
-        for request in request_iterator:
-            yield self._server.handle(request, context)
 
-    def GetModelInfo(self, request, context):
-        return self._server.model_info()
+def _decode(message_type: type[M], payload: bytes) -> M:
+    try:
+        return message_type.FromString(payload)
+    except DecodeError as exc:
+        name = message_type.DESCRIPTOR.full_name
+        raise SamplerInputError(
+            f"the request is not a valid serialized {name} ({exc}): send the message "
+            "diffpol/v1/sampler.proto defines, serialized with protobuf"
+        ) from None
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:

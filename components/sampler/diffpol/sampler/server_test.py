@@ -17,37 +17,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from diffpol.contracts import numpy_to_tensor, tensor_to_numpy
 from diffpol.sampler import ArtifactError, OnnxPolicy, serve
-from diffpol.sampler.testing import export_reference
+from diffpol.sampler.testing import export_reference, reference_obs
 from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
 
 SERVICE = "diffpol.v1.SamplerService"
-
-
-@pytest.fixture(scope="module")
-def policy(models):
-    return OnnxPolicy(models["ddim"])
-
-
-@pytest.fixture(scope="module")
-def server(models):
-    srv = serve(models["ddim"], max_batch_size=64)
-    yield srv
-    srv.stop(0)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(server.address) as ch:
-        yield ch
-
-
-@pytest.fixture(scope="module")
-def stub(channel):
-    return sampler_pb2_grpc.SamplerServiceStub(channel)
-
-
-def _obs(batch, seed=0):
-    return np.random.default_rng(seed).standard_normal((batch, 2, 3)).astype(np.float32)
 
 
 def _request(obs, seed=None, model_version=""):
@@ -64,11 +37,11 @@ def _sample(stub, obs, seed=None, **kw):
 
 def test_seeded_samples_equal_the_in_process_policy(stub, policy):
     for batch, seed in [(1, 0), (5, 7), (64, 2**63 + 5)]:
-        obs = _obs(batch, seed % 1000)
+        obs = reference_obs(batch, seed % 1000)
         action, version = _sample(stub, obs, seed)
         assert version == "v1"
         np.testing.assert_array_equal(action, policy.act(obs, seed=seed))
-    obs = _obs(3)
+    obs = reference_obs(3)
     first, _ = _sample(stub, obs)
     second, _ = _sample(stub, obs)
     assert not np.array_equal(first, second)  # unseeded: fresh noise each time
@@ -110,13 +83,19 @@ def _with(obs, index, value):
         (_bad(obs=np.zeros((1, 3, 3), np.float32)), "INVALID_ARGUMENT", r"shape \[B, 2, 3\]"),
         (_bad(obs=np.zeros((1, 2, 4), np.float32)), "INVALID_ARGUMENT", r"got \[1, 2, 4\]"),
         (_bad(obs=np.zeros((6,), np.float32)), "INVALID_ARGUMENT", r"got \[6\]"),
-        (_bad(obs=_with(_obs(2), (1, 1, 1), np.nan)), "INVALID_ARGUMENT", "non-finite"),
-        (_bad(obs=_with(_obs(2), (0, 0, 0), np.inf)), "INVALID_ARGUMENT", "non-finite"),
+        (_bad(obs=_with(reference_obs(2), (1, 1, 1), np.nan)), "INVALID_ARGUMENT", "non-finite"),
+        (_bad(obs=_with(reference_obs(2), (0, 0, 0), np.inf)), "INVALID_ARGUMENT", "non-finite"),
         (_bad(obs=np.zeros((0, 2, 3), np.float32)), "INVALID_ARGUMENT", "empty batch"),
         (_bad([1, 2, 3], [0.0] * 5), "INVALID_ARGUMENT", r"needs 6 values, got 5"),
         (_bad([-1, 2, 3], []), "INVALID_ARGUMENT", "negative dimension"),
+        (_bad([0, 2**62, 3], []), "INVALID_ARGUMENT", r"too large.*at most 2147483647"),
+        (_bad([2**63 - 1, 0, 3], []), "INVALID_ARGUMENT", "too large"),
         (_bad(obs=np.zeros((65, 2, 3), np.float32)), "RESOURCE_EXHAUSTED", "max_batch_size 64"),
-        (_request(_obs(1), model_version="v0"), "FAILED_PRECONDITION", "'v1' loaded.*expects 'v0'"),
+        (
+            _request(reference_obs(1), model_version="v0"),
+            "FAILED_PRECONDITION",
+            "'v1' loaded.*expects 'v0'",
+        ),
     ],
 )
 def test_bad_requests_get_an_actionable_status_and_the_server_keeps_serving(
@@ -126,8 +105,55 @@ def test_bad_requests_get_an_actionable_status_and_the_server_keeps_serving(
         stub.Sample(request_, timeout=5)
     assert info.value.code() == grpc.StatusCode[code]
     assert re.search(message, info.value.details())
-    obs = _obs(1)
+    obs = reference_obs(1)
     np.testing.assert_array_equal(_sample(stub, obs, 1)[0], policy.act(obs, seed=1))
+
+
+# Undecodable for every request type: a zero tag, a truncated varint, a truncated field.
+NOT_PROTOBUF = [b"\x00", b"\xff\xff\xff", b"\x0a\x05\x0a"]
+
+
+@pytest.mark.parametrize("payload", NOT_PROTOBUF)
+@pytest.mark.parametrize(
+    ("method", "message_type"),
+    [("Sample", "SampleRequest"), ("GetModelInfo", "GetModelInfoRequest")],
+)
+def test_bytes_that_are_not_a_request_are_invalid_argument(
+    channel, stub, policy, payload, method, message_type
+):
+    call = channel.unary_unary(f"/{SERVICE}/{method}")  # no serializers: raw bytes
+    with pytest.raises(grpc.RpcError) as info:
+        call(payload, timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"not a valid serialized diffpol.v1.{message_type}" in info.value.details()
+    obs = reference_obs(1)
+    np.testing.assert_array_equal(_sample(stub, obs, 1)[0], policy.act(obs, seed=1))
+
+
+def test_undecodable_stream_messages_end_the_stream_with_invalid_argument(channel, policy):
+    obs = reference_obs(1)
+    good = _request(obs, seed=4).SerializeToString()
+    bad_utf8_version = b"\x1a\x02\xff\xfe"  # model_version (field 3) that is not UTF-8
+    for bad in [*NOT_PROTOBUF, bad_utf8_version]:
+        call = channel.stream_stream(f"/{SERVICE}/SampleStream")(iter([good, bad, good]), timeout=5)
+        first = sampler_pb2.SampleResponse.FromString(next(call))
+        np.testing.assert_array_equal(tensor_to_numpy(first.action), policy.act(obs, seed=4))
+        with pytest.raises(grpc.RpcError) as info:
+            next(call)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid serialized diffpol.v1.SampleRequest" in info.value.details()
+
+
+def test_raw_requests_get_the_bytes_protobuf_would_write(channel, policy):
+    obs = reference_obs(3)
+    raw = channel.unary_unary(f"/{SERVICE}/Sample")
+    answer = raw(_request(obs, seed=11).SerializeToString(), timeout=5)
+    expected = sampler_pb2.SampleResponse(
+        action=numpy_to_tensor(policy.act(obs, seed=11)), model_version="v1"
+    )
+    assert answer == expected.SerializeToString()
+    info = channel.unary_unary(f"/{SERVICE}/GetModelInfo")(b"", timeout=5)
+    assert sampler_pb2.ModelInfo.FromString(info).model_version == "v1"
 
 
 def test_messages_over_the_size_limit_are_refused(models):
@@ -137,9 +163,9 @@ def test_messages_over_the_size_limit_are_refused(models):
     ):
         stub = sampler_pb2_grpc.SamplerServiceStub(ch)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Sample(_request(_obs(200)), timeout=5)
+            stub.Sample(_request(reference_obs(200)), timeout=5)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert _sample(stub, _obs(2), 0)[0].shape == (2, 4, 2)
+        assert _sample(stub, reference_obs(2), 0)[0].shape == (2, 4, 2)
 
 
 def test_health_checking(models):
@@ -176,7 +202,7 @@ def test_reflection_lists_the_services(channel):
 
 
 def test_stream_answers_in_order_and_a_bad_message_ends_it_with_its_status(stub, policy):
-    observations = [_obs(1 + i % 3, i) for i in range(6)]
+    observations = [reference_obs(1 + i % 3, i) for i in range(6)]
     requests = [_request(obs, seed=i) for i, obs in enumerate(observations)]
     responses = list(stub.SampleStream(iter(requests), timeout=10))
     assert len(responses) == 6
@@ -206,7 +232,7 @@ def test_micro_batching_returns_each_caller_exactly_its_own_rows(models, policy)
         def caller(i: int) -> None:
             try:
                 for r in range(rounds):
-                    obs = _obs(1 + (i + r) % 4, seed=100 * i + r)
+                    obs = reference_obs(1 + (i + r) % 4, seed=100 * i + r)
                     barrier.wait(timeout=10)
                     results[i, r] = _sample(stub, obs, seed=1000 * i + r)[0]
             except BaseException as exc:  # surfaced below
@@ -219,7 +245,7 @@ def test_micro_batching_returns_each_caller_exactly_its_own_rows(models, policy)
             t.join()
         assert not errors
         for (i, r), action in results.items():
-            obs = _obs(1 + (i + r) % 4, seed=100 * i + r)
+            obs = reference_obs(1 + (i + r) % 4, seed=100 * i + r)
             np.testing.assert_array_equal(action, policy.act(obs, seed=1000 * i + r))
         stats = srv.stats()
     assert stats["batch_jobs"] == callers * rounds
@@ -238,7 +264,7 @@ def test_a_request_whose_deadline_passes_while_queued_is_not_run(tmp_path):
     ):
         stub = sampler_pb2_grpc.SamplerServiceStub(ch)
         big = threading.Thread(
-            target=stub.Sample, args=(_request(_obs(1024)),), kwargs={"timeout": 60}
+            target=stub.Sample, args=(_request(reference_obs(1024)),), kwargs={"timeout": 60}
         )
         started = time.monotonic()
         big.start()
@@ -246,7 +272,7 @@ def test_a_request_whose_deadline_passes_while_queued_is_not_run(tmp_path):
             time.sleep(0.001)
         time.sleep(0.02)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Sample(_request(_obs(1)), timeout=0.05)
+            stub.Sample(_request(reference_obs(1)), timeout=0.05)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         big.join()
         assert time.monotonic() - started > 0.1, "the big call was too fast to test this"
@@ -274,7 +300,7 @@ def test_hot_reload_under_concurrent_requests(models, wait_ms):
             n = 0
             try:
                 while not stop.is_set():
-                    obs = _obs(1 + n % 3, seed=i * 7919 + n)
+                    obs = reference_obs(1 + n % 3, seed=i * 7919 + n)
                     action, version = _sample(stub, obs, seed=n)
                     seen.append((version, obs, action, n))
                     n += 1
@@ -303,12 +329,12 @@ def test_a_bad_reload_keeps_the_old_model_and_pinned_versions_are_checked(models
         stub = sampler_pb2_grpc.SamplerServiceStub(ch)
         with pytest.raises(ArtifactError):
             srv.reload(garbage)
-        assert _sample(stub, _obs(1), 0, model_version="v1")[1] == "v1"
+        assert _sample(stub, reference_obs(1), 0, model_version="v1")[1] == "v1"
         srv.reload(models["ddim_v2"])
         with pytest.raises(grpc.RpcError) as info:
-            _sample(stub, _obs(1), 0, model_version="v1")
+            _sample(stub, reference_obs(1), 0, model_version="v1")
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert _sample(stub, _obs(1), 0, model_version="v2")[1] == "v2"
+        assert _sample(stub, reference_obs(1), 0, model_version="v2")[1] == "v2"
 
 
 def test_watching_the_model_file_reloads_it(models, tmp_path):

@@ -230,3 +230,20 @@ def export_reference(
         model_version,
         path,
     )
+
+
+def export_reference_ddpm(path, **kwargs):
+    """``export_reference`` of a stochastic sampler: DDPM over 10 training timesteps (so
+    the graph also takes per-step noise)."""
+    return export_reference(
+        path, **{"sampler": "ddpm", "steps": 10, "num_train_timesteps": 10, **kwargs}
+    )
+
+
+def reference_obs(batch: int, seed: int = 0, n_obs_steps: int = 2, obs_dim: int = 3):
+    """Random float32 observations [batch, n_obs_steps, obs_dim] (export_reference's shape
+    by default)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, n_obs_steps, obs_dim)).astype(np.float32)
