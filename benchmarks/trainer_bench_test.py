@@ -4,12 +4,14 @@
         --benchmark-only --benchmark-columns=min,mean,max,rounds -s
 
 Both sides train the same model (the default ``ModelConfig``: diffusion, To=2, T=1, 3x128
-ReLU) with the same batch size, optimiser, LR schedule and EMA update, on one CPU thread.
+ReLU) with the same batch size, optimiser (``make_optimizer``), LR schedule and EMA update,
+on one CPU thread.
 The plain loop indexes shuffled in-memory tensors; the Ray side streams its worker's Ray
 Data shard with ``iter_torch_batches`` (block order reshuffled per epoch, local shuffle
 buffer) through Lightning in a ``TorchTrainer``. The plain loop runs as a one-CPU Ray task,
 so that both run with the priority Ray gives its workers (niceness 15): on a shared, busy
-machine a loop in the pytest process (niceness 0) would win by priority, not by design. Throughput is training samples per second excluding the first epoch (start-up)
+machine a loop in the pytest process (niceness 0) would win by priority, not by design.
+Throughput is training samples per second excluding the first epoch (start-up)
 and validation. Scale 1.0 is 100k rows (500 Pendulum episodes); CI runs a small scale.
 The goal is Ray >= 80% of the plain loop; the assertion is a looser floor (a loaded
 shared machine moves both numbers), and the ratio is in ``extra_info``.
@@ -28,7 +30,7 @@ import torch
 
 from diffpol.trainer import Config, OptimConfig, TrainConfig, train
 from diffpol.trainer.config import ModelConfig
-from diffpol.trainer.lightning_module import warmup_cosine
+from diffpol.trainer.lightning_module import make_optimizer, warmup_cosine
 from diffpol.trainer.modeling import EMA, build_policy_model
 from diffpol.trainer.synthetic import write_samples
 
@@ -70,9 +72,7 @@ def plain_loop_samples_per_s(obs: torch.Tensor, action: torch.Tensor) -> list[fl
     torch.manual_seed(0)
     model = build_policy_model(MODEL, 3, 1, normalizer=None)
     ema = EMA(model, CONFIG.optim.ema_decay)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=CONFIG.optim.lr, weight_decay=CONFIG.optim.weight_decay
-    )
+    optimizer = make_optimizer(model.parameters(), CONFIG.optim)
     batch = CONFIG.train.batch_size
     steps = math.ceil(len(obs) / batch)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -168,3 +168,18 @@ def load_policy_weights(directory: str | Path) -> dict[str, dict[str, torch.Tens
     if not isinstance(weights, dict) or {"model", "ema"} - weights.keys():
         raise CheckpointError(f"{path} must hold a dict with 'model' and 'ema' state dicts")
     return weights
+
+
+def verify_checkpoint_files(directory: str | Path) -> None:
+    """Both weight files load as plain tensors (a complete copy, not a truncated or
+    tampered one); raises CheckpointError naming the file otherwise."""
+    load_policy_weights(directory)
+    path = Path(directory) / LIGHTNING_FILE
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{directory} is not a complete diffpol checkpoint: {LIGHTNING_FILE} is missing"
+        ) from None
+    except Exception as exc:  # as in load_policy_weights
+        raise CheckpointError(f"{path} cannot be loaded as plain tensors: {exc}") from exc

@@ -256,19 +256,32 @@ class EMA(nn.Module):
         self.averaged.requires_grad_(False)
         self.averaged.eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # A host-side copy of num_updates (reading the buffer on a GPU would synchronise
+        # every step); None until first needed, and after a state dict was loaded.
+        self._count: int | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None
 
     def current_decay(self) -> float:
-        n = int(self.num_updates)
+        if self._count is None:
+            self._count = int(self.num_updates)
+        n = self._count
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
-        for avg, new in zip(self.averaged.parameters(), model.parameters(), strict=True):
-            avg.lerp_(new.detach(), 1.0 - decay)
-        for avg, new in zip(self.averaged.buffers(), model.buffers(), strict=True):
-            avg.copy_(new)
-        self.num_updates += 1
+        averaged, current = list(self.averaged.parameters()), list(model.parameters())
+        averaged_buffers, current_buffers = list(self.averaged.buffers()), list(model.buffers())
+        if len(averaged) != len(current) or len(averaged_buffers) != len(current_buffers):
+            raise ValueError("EMA.update: the model does not match the averaged copy")
+        torch._foreach_lerp_(averaged, [p.detach() for p in current], 1.0 - decay)
+        if averaged_buffers:
+            torch._foreach_copy_(averaged_buffers, current_buffers)
+        self.num_updates.add_(1)
+        self._count += 1
 
     def train(self, mode: bool = True):
         # The average is never in training mode, whatever its parent is.

@@ -204,3 +204,13 @@ def test_diffusion_keeps_both_modes_where_bc_collapses_to_the_mean():
     # BC predicts one action, the mean of the two modes, which neither mode contains.
     assert regressed.std() < 1e-6
     assert regressed.mean().abs() < 0.3
+
+
+def test_ema_warmup_continues_from_a_loaded_state():
+    ema = EMA(nn.Linear(2, 1), decay=0.999)
+    for _ in range(5):
+        ema.update(nn.Linear(2, 1))
+    restored = EMA(nn.Linear(2, 1), decay=0.999)
+    restored.current_decay()  # reads the fresh counter before the load
+    restored.load_state_dict(ema.state_dict())
+    assert restored.current_decay() == ema.current_decay() == pytest.approx(6 / 15)

@@ -2,9 +2,10 @@
 
 collect (rollout) -> preprocess -> train (diffusion + BC + seed-tutorial baselines) ->
 export (sampler: DDIM as one ONNX graph) -> evaluate (evaluator, in process and through the
-gRPC sampler) -> report. Every stage is resumable: running the same command again reuses
-a complete dataset and samples, resumes training from the latest checkpoint (or returns a
-finished run) and redoes only the cheap stages after it.
+gRPC sampler) -> report. The baselines train concurrently with the diffusion policy where
+the cluster has room (``train_policies``). Every stage is resumable: running the same
+command again reuses a complete dataset and samples, resumes training from the latest
+checkpoint (or returns a finished run) and redoes only the cheap stages after it.
 
 ``OUT`` holds::
 
@@ -15,6 +16,10 @@ finished run) and redoes only the cheap stages after it.
     summary.json     eval mean/std/n per policy, stage timings, versions
     report.md        what ran, the comparison tables, the plots
     data/ samples/ train/ eval/   each stage's own outputs
+
+Test hook (integration suite): ``DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH=<epoch>`` with
+``DIFFPOL_FAULT_MARKER=<file>`` SIGKILLs the diffusion policy's training worker once at
+that epoch (``faults.KillWorkerOnce``); Ray Train restarts it from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -22,15 +27,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
-from diffpol.trainer.config import Config, ModelConfig, PolicyType
+from diffpol.trainer.config import Config, ModelConfig, PolicyType, TrainConfig
+from diffpol.trainer.faults import kill_worker_from_env
 from diffpol.trainer.presets import Preset
 from diffpol.trainer.ray_session import ray_session
 from diffpol.trainer.training import TrainResult, train
@@ -54,6 +62,9 @@ def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 def run_pipeline(preset: Preset, out_dir: str | Path, *, seed: int, address: str | None) -> dict:
     out = Path(out_dir).resolve()
+    # Checked before any work: a bad value is an error now, not after the data stages.
+    kill = kill_worker_from_env(os.environ, preset.config.train.epochs)
+    fault_callbacks = [kill] if kill is not None else []
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -63,7 +74,7 @@ def run_pipeline(preset: Preset, out_dir: str | Path, *, seed: int, address: str
         with stage("preprocess", timings):
             samples = make_samples(preset, dataset, out / "samples", seed=seed)
         with stage("train", timings):
-            runs = train_policies(preset, samples, out, seed=seed)
+            runs = train_policies(preset, samples, out, seed=seed, callbacks=fault_callbacks)
         with stage("export", timings):
             onnx_path = export_policy(preset, runs["diffusion"], out / "policy.onnx")
         with stage("evaluate", timings):
@@ -145,19 +156,57 @@ def policy_config(preset: Preset, policy_type: PolicyType, *, seed: int) -> Conf
 
 
 def train_policies(
-    preset: Preset, samples: Path, out: Path, *, seed: int
+    preset: Preset, samples: Path, out: Path, *, seed: int, callbacks: Sequence[Any] = ()
 ) -> dict[str, TrainResult]:
-    runs = {}
+    """Train the diffusion policy and the baselines, each its own Ray Train run (own
+    checkpoints, metrics and resume), concurrently as far as the cluster's resources allow.
+
+    Each run's fixed cost (controller, worker start-up, Lightning set-up) is mostly waiting
+    and single-threaded, and one worker leaves the other cores idle: on the 2-core dev
+    machine the baselines train while the diffusion policy does. ``callbacks`` go to the
+    diffusion policy's workers.
+    """
+    configs = {}
     for policy_type in ("diffusion", *BASELINES):
         config = policy_config(preset, policy_type, seed=seed)
-        storage = str(out / "checkpoints")
-        config = dataclasses.replace(
+        configs[policy_type] = dataclasses.replace(
             config,
-            train=dataclasses.replace(config.train, storage_path=storage, run_name=policy_type),
+            train=dataclasses.replace(
+                config.train, storage_path=str(out / "checkpoints"), run_name=policy_type
+            ),
         )
-        log(f"training {policy_type}: {config.train.epochs} epochs")
-        runs[policy_type] = train(samples, out / "train" / policy_type, config)
-    return runs
+    slots = concurrent_runs(preset.config.train, len(configs))
+    log(
+        "training "
+        + ", ".join(f"{name} ({c.train.epochs} epochs)" for name, c in configs.items())
+        + f": {slots} at a time"
+    )
+
+    def run(name: str) -> TrainResult:
+        result = train(
+            samples,
+            out / "train" / name,
+            configs[name],
+            callbacks=callbacks if name == "diffusion" else (),
+        )
+        log(f"trained {name}: {result.epochs_completed} epochs")
+        return result
+
+    # Longest first, so the baselines fill the remaining slots while it trains.
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="train") as pool:
+        futures = {name: pool.submit(run, name) for name in configs}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def concurrent_runs(train_config: TrainConfig, runs: int) -> int:
+    """How many training runs of this size fit on the connected Ray cluster at once."""
+    import ray
+
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 0) // (train_config.workers * train_config.cpus_per_worker)
+    if train_config.gpus > 0:
+        fits = min(fits, resources.get("GPU", 0) // train_config.gpus)
+    return int(max(1, min(runs, fits)))
 
 
 def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:
@@ -304,6 +353,17 @@ def write_report(
     return summary
 
 
+def _section(title: str, table) -> list[str]:
+    """A report section holding an evaluator comparison table under one heading: the
+    table's own heading (env, seeds, n, noise seed) is folded into the section's."""
+    lines = table.to_markdown().rstrip("\n").split("\n")
+    if lines and lines[0].startswith("## "):
+        lines = [f"## {title}: {lines[0].removeprefix('## ')}", *lines[1:]]
+    else:
+        lines = [f"## {title}", "", *lines]
+    return [*lines, ""]
+
+
 def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, plots) -> str:
     model = preset.config.model
     e = summary["eval"]
@@ -326,14 +386,8 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "- stage seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
         "",
-        f"## Headline: {preset.eval_seeds}",
-        "",
-        evaluation.headline_table.to_markdown(),
-        "",
-        f"## Every policy side by side: {preset.torch_eval_seeds}",
-        "",
-        evaluation.side_by_side_table.to_markdown(),
-        "",
+        *_section("Headline", evaluation.headline_table),
+        *_section("Every policy side by side", evaluation.side_by_side_table),
         "## Plots",
         "",
         *[f"![{p.stem}](plots/{p.name})" for p in plots],

@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffpol.contracts.atomic import atomic_directory
-from diffpol.trainer.checkpoint import CheckpointError, read_checkpoint
+from diffpol.trainer.checkpoint import CheckpointError, read_checkpoint, verify_checkpoint_files
 from diffpol.trainer.config import Config
 from diffpol.trainer.data import (
     check_model_matches,
@@ -142,26 +143,45 @@ def _check_resources(config: Config) -> None:
         )
 
 
+_data_context_lock = threading.Lock()
+_data_context_users = 0
+_data_context_saved: dict[str, Any] = {}
+
+
 @contextlib.contextmanager
 def _data_context(progress: bool) -> Iterator[None]:
     """Ray Data's progress bars and per-execution log lines follow ``progress``; restored
-    after the run (``DataContext`` is process-global, and Train ships it to the workers)."""
+    after the run (``DataContext`` is process-global, and Train ships it to the workers).
+    Runs training concurrently in one process (the pipeline's) share it: the first one in
+    saves the previous settings, the last one out restores them."""
     from ray.data import DataContext
 
+    global _data_context_users
     ctx = DataContext.get_current()
     settings = {"enable_progress_bars": progress, "print_on_execution_start": progress}
-    previous = {name: getattr(ctx, name) for name in settings}
-    for name, value in settings.items():
-        setattr(ctx, name, value)
+    with _data_context_lock:
+        if _data_context_users == 0:
+            _data_context_saved.update({name: getattr(ctx, name) for name in settings})
+        _data_context_users += 1
+        for name, value in settings.items():
+            setattr(ctx, name, value)
     try:
         yield
     finally:
-        for name, value in previous.items():
-            setattr(ctx, name, value)
+        with _data_context_lock:
+            _data_context_users -= 1
+            if _data_context_users == 0:
+                for name, value in _data_context_saved.items():
+                    setattr(ctx, name, value)
+                _data_context_saved.clear()
 
 
 def _finished_result(out_dir: Path, config: Config, identity: dict[str, Any]) -> TrainResult | None:
-    """The result of a previous, complete run of the same command, if there is one."""
+    """The result of a previous, complete run of the same command, if there is one.
+
+    Its weight files must load too: a final checkpoint damaged after the run (a truncated
+    copy, a full disk) is not "finished"; training then restores the run from its Ray
+    Train storage (whose copy replaces the damaged one) or, without one, trains again."""
     try:
         contents = read_checkpoint(out_dir / CHECKPOINT_DIR)
     except CheckpointError:
@@ -169,6 +189,11 @@ def _finished_result(out_dir: Path, config: Config, identity: dict[str, Any]) ->
     meta = contents.meta
     previous = run_identity(contents.config, meta.fingerprint)
     if previous != identity or meta.epochs_completed < config.train.epochs:
+        return None
+    try:
+        verify_checkpoint_files(contents.directory)
+    except CheckpointError as exc:
+        log.warning("not reusing the finished run in %s: %s", out_dir, exc)
         return None
     return _result(out_dir, contents, run_path="", already_complete=True)
 
@@ -266,6 +291,7 @@ def train(
         with atomic_directory(final_dir, overwrite=True) as staging:
             result.checkpoint.to_directory(str(staging))
     contents = read_checkpoint(final_dir)
+    verify_checkpoint_files(final_dir)
     if contents.meta.epochs_completed < config.train.epochs:
         raise RuntimeError(
             f"run {run_path} stopped after {contents.meta.epochs_completed} of "

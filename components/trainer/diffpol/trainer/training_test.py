@@ -19,7 +19,7 @@ from diffpol.trainer import (
     load_policy,
     train,
 )
-from diffpol.trainer.checkpoint import LIGHTNING_FILE, META_FILE
+from diffpol.trainer.checkpoint import LIGHTNING_FILE, META_FILE, POLICY_FILE
 from diffpol.trainer.faults import RecordTrainingStarts
 from diffpol.trainer.synthetic import bimodal_samples, write_samples
 
@@ -91,6 +91,23 @@ def test_running_the_same_command_again_returns_the_finished_run(first_run, samp
     assert again.already_complete
     assert again.epochs_completed == 2
     assert again.metrics_csv.read_text() == before
+
+
+def test_a_rerun_over_truncated_final_weights_restores_them_from_ray_storage(
+    first_run, samples_dir, tmp_path
+):
+    victim = first_run.checkpoint_dir / POLICY_FILE
+    obs = np.random.default_rng(1).standard_normal((3, 2, 3)).astype(np.float32)
+    expected = load_policy(first_run.checkpoint_dir).act(obs, seed=4)
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[: len(intact) // 2])
+    starts = tmp_path / "starts"
+    again = train(samples_dir, first_run.out_dir, CONFIG, callbacks=[RecordTrainingStarts(starts)])
+    assert not again.already_complete  # not taken for finished on its JSON alone
+    assert not starts.exists(), "the complete run was trained again"
+    assert victim.read_bytes() == intact
+    np.testing.assert_array_equal(load_policy(again.checkpoint_dir).act(obs, seed=4), expected)
+    assert [int(r["epoch"]) for r in read_rows(again.metrics_csv)] == [0, 1]
 
 
 def test_a_rerun_with_more_epochs_resumes_from_ray_storage(first_run, samples_dir, tmp_path):

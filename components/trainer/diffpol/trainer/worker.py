@@ -42,6 +42,9 @@ from diffpol.trainer.metrics import (
 
 log = logging.getLogger("diffpol.trainer")
 
+# Seconds between redraws of the live loss plot (workers).
+LIVE_PLOT_INTERVAL_S = 30.0
+
 
 def checkpoint_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
@@ -65,6 +68,7 @@ class EpochCheckpointReporter(pl.Callback):
         self._tensorboard: TensorBoardScalars | None = None
         self._epoch_start = self._train_end = 0.0
         self._train_samples = 0
+        self._last_plot = -math.inf
 
     # The history is restored with Lightning's checkpoint, so it survives restarts.
     def state_dict(self) -> dict[str, Any]:
@@ -135,7 +139,14 @@ class EpochCheckpointReporter(pl.Callback):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_metrics_csv(self.history, self.out_dir / METRICS_CSV)
-        plot_losses(self.history, self.out_dir / LOSS_PLOT)
+        # Drawing the plot takes ~0.3-0.8 s, a third of a Pendulum epoch: redraw it now
+        # and then (and after the last epoch); the driver redraws it from the final
+        # checkpoint in any case.
+        now = time.perf_counter()
+        last_epoch = row["epoch"] + 1 >= self.config.train.epochs
+        if last_epoch or now - self._last_plot >= LIVE_PLOT_INTERVAL_S:
+            plot_losses(self.history, self.out_dir / LOSS_PLOT)
+            self._last_plot = now
         if self._tensorboard is None:
             self._tensorboard = TensorBoardScalars(
                 self.out_dir / TENSORBOARD_DIR, purge_step=row["epoch"]
@@ -153,9 +164,9 @@ class ShardBatches:
 
     Ray Data hands over ``ingest_batches`` minibatches' worth of rows at a time (one
     ``iter_torch_batches`` batch, after its local shuffle buffer), which are then permuted
-    and sliced here. Ray Data's cost is mostly per batch (~0.8 ms on the 2-core dev
+    and sliced here. Ray Data's cost is largely per batch (~0.8 ms on the 2-core dev
     machine), a third of a small control policy's whole training step at batch 256;
-    fetched 16 batches at a time it is a few percent (benchmarks/trainer_bench_test.py).
+    fetching 16 batches at a time amortises that part (benchmarks/trainer_bench_test.py).
     """
 
     def __init__(
