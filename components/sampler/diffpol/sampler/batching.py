@@ -1,21 +1,24 @@
-"""Micro-batching: fuse concurrent sampling requests into one onnxruntime call.
+"""Micro-batching on the server's event loop: fuse concurrent sampling requests into one
+onnxruntime call.
 
-One worker thread takes the first waiting job, then keeps collecting until the batch holds
-``max_rows`` rows, ``max_wait_s`` has passed, or every request the server has admitted is
-already in the batch (nobody else is coming, so waiting longer only adds latency). Jobs
-run on the model they were validated against, so a hot reload never mixes models within
-a call. A job whose deadline passed or whose caller went away while it was queued is
-dropped, not run.
+Handlers validate a request and queue it (no thread hand-off: they run on the loop too).
+One drain task takes what is queued and runs it as one call on a single worker thread, so
+the loop keeps reading requests meanwhile; those form the next call. Before a call the
+drain waits, at most ``max_wait_s``, until as many requests are queued as the previous call
+answered: with clients in a closed loop those come straight back, and waiting for them
+costs less than an extra call. A lone one-row request (the previous call answered one) runs
+on the loop itself: it takes about as long as the thread hop it saves a single client, while
+anything bigger runs on the worker, so the loop keeps reading requests. Jobs run on the model they
+were validated against, so a hot reload never mixes models within a call. A job whose
+deadline passed, or whose caller went away, while it was queued is dropped, not run.
 """
 
 from __future__ import annotations
 
-import _thread
-import queue
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,52 +29,18 @@ class DeadlineExpired(Exception):
     """The request's deadline passed (or its caller cancelled) before it could run."""
 
 
-class Answer:
-    """Where the batcher puts one job's result, and its caller waits for it.
-
-    A bare lock, held until the answer is in: answering is one release (one futex wake).
-    ``concurrent.futures.Future`` answers through a Condition (several lock operations
-    and a fresh waiter lock per call), which took ~20% of the server's Python time with
-    64 concurrent clients.
-    """
-
-    __slots__ = ("_error", "_pending", "_value")
-
-    def __init__(self) -> None:
-        self._pending = _thread.allocate_lock()
-        self._pending.acquire()
-        self._value: np.ndarray | None = None
-        self._error: BaseException | None = None
-
-    def set(self, value: np.ndarray | None = None, error: BaseException | None = None) -> None:
-        self._value, self._error = value, error
-        self._pending.release()
-
-    def result(self) -> np.ndarray:
-        """Block until the answer is in; raise the job's error, if it has one."""
-        self._pending.acquire()
-        self._pending.release()  # later calls return at once
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
-
-
 @dataclass
 class Job:
     model: OnnxPolicy
     obs: np.ndarray
     noise: np.ndarray
     step_noise: np.ndarray | None
-    deadline: float | None  # time.monotonic() seconds; None: no deadline
-    is_active: Callable[[], bool]
-    answer: Answer = field(default_factory=Answer)
+    deadline: float | None  # the loop's clock (loop.time()); None: no deadline
+    answer: asyncio.Future  # cancelled when the caller's RPC ends early
 
     @property
     def rows(self) -> int:
         return self.obs.shape[0]
-
-    def expired(self, now: float) -> bool:
-        return (self.deadline is not None and now >= self.deadline) or not self.is_active()
 
 
 @dataclass
@@ -86,85 +55,89 @@ class BatchStats:
         return dict(self.__dict__)
 
 
-_STOP = object()
-
-
 class MicroBatcher:
+    """Create and use on the event loop's thread only (not thread-safe, needs no locks)."""
+
     def __init__(self, max_rows: int, max_wait_s: float) -> None:
         if max_rows < 1 or max_wait_s <= 0:
             raise ValueError("MicroBatcher needs max_rows >= 1 and max_wait_s > 0")
         self.max_rows, self.max_wait_s = max_rows, max_wait_s
         self.stats = BatchStats()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        # Requests admitted (arrive) and not yet answered by this batcher (depart).
-        self._expected = 0
-        self._expected_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="sampler-batcher", daemon=True)
-        self._thread.start()
+        self._loop = asyncio.get_running_loop()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="sampler-batch")
+        self._queue: deque[Job] = deque()
+        self._draining = False
+        self._expected = 1  # jobs the previous call answered
+        self._enough: asyncio.Event | None = None  # set once _expected jobs are queued
 
-    def arrive(self) -> None:
-        with self._expected_lock:
-            self._expected += 1
-
-    def depart(self, requests: int = 1) -> None:
-        with self._expected_lock:
-            self._expected -= requests
-
-    def submit(self, job: Job) -> Answer:
-        """Queue a job (after ``arrive``); the batcher calls ``depart`` when it is answered."""
-        self._queue.put(job)
-        return job.answer
+    async def run(
+        self,
+        model: OnnxPolicy,
+        obs: np.ndarray,
+        noise: np.ndarray,
+        step_noise: np.ndarray | None,
+        deadline: float | None,
+    ) -> np.ndarray:
+        """Queue one request and return its rows of the fused call's actions."""
+        job = Job(model, obs, noise, step_noise, deadline, self._loop.create_future())
+        self._queue.append(job)
+        if self._enough is not None and len(self._queue) >= self._expected:
+            self._enough.set()
+        if not self._draining:
+            self._draining = True
+            self._loop.create_task(self._drain())
+        return await job.answer
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=10)
+        self._worker.shutdown(wait=True)
 
-    def _loop(self) -> None:
-        carried: Job | None = None
-        while True:
-            first = carried if carried is not None else self._queue.get()
-            carried = None
-            if first is _STOP:
-                return
-            batch, rows = [first], first.rows
-            stop_after = False
-            wait_until = time.monotonic() + self.max_wait_s
-            while rows < self.max_rows and len(batch) < self._expected:
-                timeout = wait_until - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    job = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stop_after = True
-                    break
-                if rows + job.rows > self.max_rows:
-                    carried = job
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await self._gather()
+                batch = self._take()
+                if not batch:
+                    continue
+                self._expected = len(batch)
+                by_model: dict[int, list[Job]] = {}
+                for job in batch:
+                    by_model.setdefault(id(job.model), []).append(job)
+                for jobs in by_model.values():
+                    await self._run_group(jobs)
+        finally:
+            self._draining = False
+
+    async def _gather(self) -> None:
+        await asyncio.sleep(0)  # handlers whose requests are already here queue theirs
+        if len(self._queue) >= self._expected:
+            return
+        self._enough = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._enough.wait(), self.max_wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._enough = None
+
+    def _take(self) -> list[Job]:
+        """Jobs for one call, up to ``max_rows`` rows; expired and abandoned ones dropped."""
+        batch: list[Job] = []
+        rows, now = 0, self._loop.time()
+        while self._queue:
+            job = self._queue[0]
+            if not job.answer.done() and (job.deadline is None or now < job.deadline):
+                if batch and rows + job.rows > self.max_rows:
                     break
                 batch.append(job)
                 rows += job.rows
-            self._run(batch)
-            if stop_after:
-                if carried is not None:
-                    self._run([carried])
-                return
-
-    def _run(self, batch: list[Job]) -> None:
-        self.depart(len(batch))  # all of them are answered below: nobody else is coming
-        now = time.monotonic()
-        by_model: dict[int, list[Job]] = {}
-        for job in batch:
-            if job.expired(now):
-                self.stats.expired += 1
-                job.answer.set(error=DeadlineExpired())
             else:
-                by_model.setdefault(id(job.model), []).append(job)
-        for jobs in by_model.values():
-            self._run_group(jobs)
+                self.stats.expired += 1
+                if not job.answer.done():
+                    job.answer.set_exception(DeadlineExpired())
+            self._queue.popleft()
+        return batch
 
-    def _run_group(self, jobs: list[Job]) -> None:
+    async def _run_group(self, jobs: list[Job]) -> None:
         model = jobs[0].model
         if len(jobs) == 1:
             obs, noise, step_noise = jobs[0].obs, jobs[0].noise, jobs[0].step_noise
@@ -175,11 +148,17 @@ class MicroBatcher:
                 None if jobs[0].step_noise is None else np.concatenate([j.step_noise for j in jobs])  # type: ignore[misc]
             )
         try:
-            action = model.run_checked(obs, noise, step_noise)
+            if len(obs) == 1 and self._expected == 1:
+                action = model.run_checked(obs, noise, step_noise)
+            else:
+                action = await self._loop.run_in_executor(
+                    self._worker, model.run_checked, obs, noise, step_noise
+                )
         except Exception as exc:  # answer every caller; the batcher keeps running
             self.stats.failed += len(jobs)
             for job in jobs:
-                job.answer.set(error=exc)
+                if not job.answer.done():
+                    job.answer.set_exception(exc)
             return
         self.stats.calls += 1
         start = 0
@@ -187,5 +166,6 @@ class MicroBatcher:
             end = start + job.rows
             self.stats.jobs += 1
             self.stats.rows += job.rows
-            job.answer.set(action[start:end])
+            if not job.answer.done():  # its caller may have gone meanwhile
+                job.answer.set_result(action[start:end])
             start = end

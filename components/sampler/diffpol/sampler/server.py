@@ -14,22 +14,27 @@ get the request bytes and answer bytes. So bytes that are not a valid request ge
 INVALID_ARGUMENT from the handler (grpcio's own deserializer would answer INTERNAL), and
 responses are written straight from the action array (``contracts.encode_tensor``), not
 copied float by float into a protobuf message.
+
+The server is ``grpc.aio`` on one event loop in a thread of its own: handlers are
+coroutines, so a request costs no thread hand-off of its own, and micro-batching happens on
+the loop (``batching.py``). With 64 concurrent clients this served more requests per
+second than grpcio's thread-pool server did, with less CPU and about half the context
+switches per request (README, "Speed"). The public methods (``start``, ``stop``,
+``reload``, ...) are plain blocking calls, usable from any thread but the loop's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterator
-from concurrent import futures
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -37,7 +42,7 @@ from grpc_reflection.v1alpha import reflection
 from diffpol.contracts import ContractError, tensor_to_numpy
 from diffpol.contracts.tensor import encode_bytes_field, encode_tensor
 from diffpol.sampler import __version__ as SERVER_VERSION
-from diffpol.sampler.batching import DeadlineExpired, Job, MicroBatcher
+from diffpol.sampler.batching import DeadlineExpired, MicroBatcher
 from diffpol.sampler.errors import SamplerInputError
 from diffpol.sampler.runtime import OnnxPolicy
 from diffpol.v1 import sampler_pb2
@@ -48,6 +53,7 @@ SERVICE_NAME = sampler_pb2.DESCRIPTOR.services_by_name["SamplerService"].full_na
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MIN_MESSAGE_BYTES = 4 * 1024 * 1024
 M = TypeVar("M", sampler_pb2.SampleRequest, sampler_pb2.GetModelInfoRequest)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,11 @@ class ServerConfig:
     port: int = 0  # 0: pick a free port (see SamplerServer.port)
     # Rows per request, and per fused onnxruntime call when micro-batching.
     max_batch_size: int = 1024
-    # How long the first request of a batch may wait for others; 0 turns batching off
-    # (each request runs at once on its own handler thread: no queue hop).
+    # How long a batch may wait for more requests; 0 turns batching off (each request
+    # runs at once on the event loop: no queue, no thread hop, one request at a time).
     max_batch_wait_ms: float = 0.0
-    # Handler threads. A SampleStream holds one for its lifetime (gRPC's sync server).
+    # Unused since the server became grpc.aio (no handler threads); still accepted so that
+    # existing configurations load.
     max_workers: int = 32
     # None: room for a full batch of the loaded model, at least 4 MiB.
     max_message_bytes: int | None = None
@@ -104,13 +111,29 @@ class SamplerServer:
         self._loaded = self._load(self._model_path)
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
-        self._batcher = (
-            MicroBatcher(config.max_batch_size, config.max_batch_wait_ms / 1000)
-            if config.max_batch_wait_ms > 0
-            else None
-        )
-        self._counts_lock = threading.Lock()
+        self._terminated = threading.Event()
+        # Written by the loop thread, except "reloads" (under _reload_lock): no lock needed.
         self._counts = {"requests": 0, "errors": 0, "expired": 0, "reloads": 0}
+        self._batcher: MicroBatcher | None = None
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="sampler-loop", daemon=True
+        )
+        self._loop_thread.start()
+        self.host = config.host
+        try:
+            self.port = self._on_loop(self._build())
+        except BaseException:
+            self._close_loop()
+            raise
+        self._watcher: threading.Thread | None = None
+        self._started = False
+
+    async def _build(self) -> int:
+        """Create the grpc.aio server on the loop (it binds to the running loop); its port."""
+        config = self.config
+        if config.max_batch_wait_ms > 0:
+            self._batcher = MicroBatcher(config.max_batch_size, config.max_batch_wait_ms / 1000)
         message_bytes = config.max_message_bytes or self._message_bytes_for(self.model)
         options = [
             ("grpc.max_receive_message_length", message_bytes),
@@ -118,13 +141,10 @@ class SamplerServer:
             # A second server on a taken port must fail, not share the port silently.
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="sampler-rpc"),
-            options=options,
-        )
+        self._server = grpc.aio.server(options=options)
         handlers = {
             # No request_deserializer / response_serializer: the handlers take and return bytes.
-            "Sample": grpc.unary_unary_rpc_method_handler(self._sample_unary),
+            "Sample": grpc.unary_unary_rpc_method_handler(self.handle),
             "SampleStream": grpc.stream_stream_rpc_method_handler(self._sample_stream),
             "GetModelInfo": grpc.unary_unary_rpc_method_handler(self._get_model_info),
         }
@@ -133,21 +153,25 @@ class SamplerServer:
         )
         # What the generated add_..._to_server does too: grpcio's faster path for known methods.
         self._server.add_registered_method_handlers(SERVICE_NAME, handlers)
-        self._health = health.HealthServicer()
+        self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         address = format_address(config.host, config.port)
         try:
-            self.port = self._server.add_insecure_port(address)
+            return self._server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc} (port in use?)") from exc
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address} (port in use?)")
-        self.host = config.host
-        self._watcher: threading.Thread | None = None
-        self._started = False
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the server's loop and wait for its result (not from the loop)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=10)
+        self._loop.close()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -160,9 +184,7 @@ class SamplerServer:
         if self._started:
             return self
         self._started = True
-        self._server.start()
-        for service in ("", SERVICE_NAME):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._on_loop(self._start())
         if self.config.watch_interval_s:
             self._watcher = threading.Thread(
                 target=self._watch, name="sampler-model-watch", daemon=True
@@ -171,19 +193,30 @@ class SamplerServer:
         log.info("sampler serving %s at %s", self.model, self.address)
         return self
 
+    async def _start(self) -> None:
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
     def stop(self, grace_s: float | None = None) -> None:
         """Stop taking requests, let in-flight ones finish (up to ``grace_s``), shut down."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        self._server.stop(grace).wait()
+        self._on_loop(self._stop(grace))
+        self._close_loop()
         if self._batcher is not None:
             self._batcher.close()
+        self._terminated.set()
+
+    async def _stop(self, grace_s: float) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout_s)
+        """Block until the server has stopped; True if ``timeout_s`` passed first."""
+        return not self._terminated.wait(timeout_s)
 
     def __enter__(self) -> SamplerServer:
         return self.start()
@@ -224,8 +257,7 @@ class SamplerServer:
             loaded = self._load(target)
             model, previous = loaded.model, self.model
             self._loaded, self._model_path = loaded, target
-            with self._counts_lock:
-                self._counts["reloads"] += 1
+            self._counts["reloads"] += 1
         log.info(
             "sampler reloaded %s (model_version %r -> %r)",
             target,
@@ -274,8 +306,7 @@ class SamplerServer:
 
     def stats(self) -> dict[str, int]:
         """Counters since start (requests, errors, expired, reloads, batch_*) and the pid."""
-        with self._counts_lock:
-            counts = dict(self._counts, pid=os.getpid())
+        counts = dict(self._counts, pid=os.getpid())
         if self._batcher is not None:
             counts |= {f"batch_{k}": v for k, v in self._batcher.stats.as_dict().items()}
         return counts
@@ -289,53 +320,44 @@ class SamplerServer:
 
     # -- sampling ------------------------------------------------------------------------
 
-    def _count(self, key: str) -> None:
-        with self._counts_lock:
-            self._counts[key] += 1
-
-    def _sample_unary(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
-        return self.handle(payload, context)
-
-    def _sample_stream(self, payloads: Iterator[bytes], context: grpc.ServicerContext):
+    async def _sample_stream(
+        self, payloads: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ):
         # One response per request, in order; a bad request ends the stream with its status.
-        for payload in payloads:
-            yield self.handle(payload, context)
+        async for payload in payloads:
+            yield await self.handle(payload, context)
 
-    def _get_model_info(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+    async def _get_model_info(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             _decode(sampler_pb2.GetModelInfoRequest, payload)
         except SamplerInputError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return self._loaded.model_info
 
-    def handle(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+    async def handle(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Answer one serialized SampleRequest with a serialized SampleResponse, or end the
         call with the status its problem maps to."""
-        ticket = _Ticket()
-        if self._batcher is not None:
-            self._batcher.arrive()  # tells the batcher another request is on its way
         try:
-            return self._sample(payload, context, ticket)
+            return await self._sample(payload, context)
+        except asyncio.CancelledError:  # gRPC ended the call (deadline, client gone)
+            self._counts["expired"] += 1
+            raise
         except DeadlineExpired:
-            self._count("expired")
-            context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the deadline passed before the request could run; it was not run",
-            )
+            self._counts["expired"] += 1
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            message = "the deadline passed before the request could run; it was not run"
         except SamplerInputError as exc:
-            self._count("errors")
-            context.abort(grpc.StatusCode[exc.code], str(exc))
+            self._counts["errors"] += 1
+            code, message = grpc.StatusCode[exc.code], str(exc)
         except Exception as exc:  # a failing model must not take the server down
-            self._count("errors")
+            self._counts["errors"] += 1
             log.exception("sampling failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"sampling failed: {exc}")
-        finally:
-            if self._batcher is not None and not ticket.submitted:
-                self._batcher.depart()  # once queued, the batcher answers for the request
+            code, message = grpc.StatusCode.INTERNAL, f"sampling failed: {exc}"
+        await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
-    def _sample(self, payload: bytes, context: grpc.ServicerContext, ticket: _Ticket) -> bytes:
-        self._count("requests")
+    async def _sample(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self._counts["requests"] += 1
         request = _decode(sampler_pb2.SampleRequest, payload)
         loaded = self._loaded  # one snapshot: a concurrent reload cannot change it under us
         model = loaded.model
@@ -353,35 +375,16 @@ class SamplerServer:
         obs = model.check_obs(obs)
         seed = request.seed if request.HasField("seed") else None
         noise, step_noise = model.draw_inputs(obs.shape[0], seed)
-        action = self._execute(model, obs, noise, step_noise, context, ticket)
-        # SampleResponse: action = 1, model_version = 2 (field order as protobuf writes it).
-        return encode_bytes_field(1, encode_tensor(action)) + loaded.version_field
-
-    def _execute(
-        self,
-        model: OnnxPolicy,
-        obs: np.ndarray,
-        noise: np.ndarray,
-        step_noise: np.ndarray | None,
-        context: grpc.ServicerContext,
-        ticket: _Ticket,
-    ) -> np.ndarray:
         remaining = context.time_remaining()
         if self._batcher is None:
-            if (remaining is not None and remaining <= 0) or not context.is_active():
+            if remaining is not None and remaining <= 0:
                 raise DeadlineExpired()
-            return model.run_checked(obs, noise, step_noise)
-        deadline = None if remaining is None else time.monotonic() + remaining
-        job = Job(model, obs, noise, step_noise, deadline, context.is_active)
-        ticket.submitted = True
-        return self._batcher.submit(job).result()
-
-
-class _Ticket:
-    __slots__ = ("submitted",)
-
-    def __init__(self) -> None:
-        self.submitted = False
+            action = model.run_checked(obs, noise, step_noise)
+        else:
+            deadline = None if remaining is None else self._loop.time() + remaining
+            action = await self._batcher.run(model, obs, noise, step_noise, deadline)
+        # SampleResponse: action = 1, model_version = 2 (field order as protobuf writes it).
+        return encode_bytes_field(1, encode_tensor(action)) + loaded.version_field
 
 
 @dataclass(frozen=True)
