@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from diffpol.contracts.normalizer import Normalizer
 from diffpol.sampler.errors import ExportValidationError
 from diffpol.sampler.graph_passes import slim as slim_graph
 from diffpol.sampler.metadata import ModelMetadata
+from diffpol.sampler.relu_network import UnsupportedLoop, build_relu_network, describe_relu_loop
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +120,21 @@ def export_onnx(
     validate_batch_sizes: Sequence[int] = VALIDATION_BATCH_SIZES,
     validation_seed: int = 0,
     slim: bool = True,
+    relu_network: bool = True,
 ) -> Path:
     """Export ``loop`` as one ONNX graph at ``path`` and return the path.
 
     ``loop`` is duck-typed like ``diffpol.trainer.sampling.DenoisingLoop``:
     ``forward(obs_norm [B,To,obs_dim], noise [B,T,act_dim], step_noise [B,K,T,act_dim] | None)
     -> [B,T,act_dim]`` with attributes ``sampler``, ``steps`` and ``step_noise_steps`` (K).
-    The graph is optimised (``graph_passes.slim``; ``slim=False`` skips it), run with
-    onnxruntime on fresh random inputs at ``validate_batch_sizes`` and compared with the
-    PyTorch module; if any action differs by more than ``atol`` (normalised units) an
-    ``ExportValidationError`` is raised and nothing is written. (An optimised graph that
-    fails is logged and the plain graph tried instead, so an optimiser bug costs speed,
-    not the export.)
+    The graph is optimised (a ReLU MLP loop is built directly as one ReLU network,
+    ``relu_network``; any other is traced and slimmed, ``graph_passes.slim``; ``slim=False``
+    skips both, ``relu_network=False`` the first), run with onnxruntime on fresh random
+    inputs at ``validate_batch_sizes`` and compared with the PyTorch module; if any action
+    differs by more than ``atol`` (normalised units) an ``ExportValidationError`` is raised
+    and nothing is written. (An optimised graph that fails is logged and the next one
+    tried, down to the plain traced graph, so an optimiser bug costs speed, not the
+    export.)
     """
     metadata = _metadata(
         loop, normalizer, action_low, action_high, spec, horizon, env_id, model_version
@@ -146,17 +150,10 @@ def export_onnx(
     torch.set_num_threads(1)
     try:
         _check_loop_output(graph_module, metadata)
-        raw = _to_onnx(graph_module, metadata)
-        candidates = [raw]
-        if slim:
+        for label, model in _candidates(graph_module, metadata, slim, relu_network):
             try:
-                candidates.insert(0, slim_graph(raw))
-            except Exception as exc:  # an optimiser bug must not block the export
-                log.warning("graph optimisation failed (%s); exporting the plain graph", exc)
-        for i, model in enumerate(candidates):
-            _annotate(model, metadata)
-            data = model.SerializeToString()
-            try:
+                _annotate(model, metadata)
+                data = model.SerializeToString()
                 result = validate_against_torch(
                     data,
                     graph_module,
@@ -167,22 +164,60 @@ def export_onnx(
                     seed=validation_seed,
                 )
                 break
-            except ExportValidationError as exc:
-                if i == len(candidates) - 1:
+            except Exception as exc:  # an optimised graph that fails costs speed, not the export
+                if label == "plain":
                     raise
-                log.warning(
-                    "the optimised graph failed validation (%s); trying the plain graph", exc
-                )
+                log.warning("the %s graph failed validation (%s); trying the next", label, exc)
     finally:
         loop.train(was_training)
         torch.set_num_threads(threads)
     log.info(
-        "exported %s: max |onnx - torch| by batch size %s (atol %g)",
+        "exported %s (%s graph): max |onnx - torch| by batch size %s (atol %g)",
         path,
+        label,
         result.max_abs_error,
         atol,
     )
     return atomic_write_bytes(path, data)
+
+
+def _candidates(
+    graph_module: SamplerModule, metadata: ModelMetadata, slim: bool, relu_network: bool
+) -> Iterator[tuple[str, onnx.ModelProto]]:
+    """Graphs to try, fastest first, each built only if the previous one failed: the ReLU
+    loop as one ReLU network (``relu_network``), the traced graph optimised
+    (``graph_passes.slim``), the traced graph as exported. With ``slim=False`` only the
+    last; with ``relu_network=False`` not the first. A builder that fails is logged and
+    skipped, so an optimiser bug costs speed, not the export."""
+    if slim and relu_network:
+        try:
+            network = _relu_network(graph_module, metadata)
+        except UnsupportedLoop as exc:
+            log.debug("no ReLU-network graph: %s", exc)
+        except Exception as exc:  # an optimiser bug must not block the export
+            log.warning("building the ReLU-network graph failed (%s)", exc)
+        else:
+            yield "relu-network", network
+    raw = _to_onnx(graph_module, metadata)
+    if slim:
+        try:
+            optimised = slim_graph(raw)
+        except Exception as exc:  # an optimiser bug must not block the export
+            log.warning("graph optimisation failed (%s); exporting the plain graph", exc)
+        else:
+            yield "optimised", optimised
+    yield "plain", raw
+
+
+def _relu_network(graph_module: SamplerModule, metadata: ModelMetadata) -> onnx.ModelProto:
+    def values(name: str) -> np.ndarray:
+        return getattr(graph_module, name).numpy()
+
+    return build_relu_network(
+        describe_relu_loop(graph_module.loop),
+        metadata,
+        *(values(n) for n in ("obs_center", "obs_scale", "act_center", "act_scale", "fallback")),
+    )
 
 
 def _annotate(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
