@@ -52,9 +52,11 @@ class ClusterConfig:
 
 def importable_path() -> str:
     """This process's import path as a PYTHONPATH for Ray workers and subprocesses (a
-    test runner or a PEX puts entries on sys.path that PYTHONPATH alone does not hold)."""
+    test runner or a PEX puts entries on sys.path that PYTHONPATH alone does not hold).
+    Absolute: under Pants the source roots are relative to the sandbox, and subprocesses
+    may start elsewhere."""
     entries = [p for p in [*os.environ.get("PYTHONPATH", "").split(os.pathsep), *sys.path] if p]
-    return os.pathsep.join(dict.fromkeys(p for p in entries if os.path.exists(p)))
+    return os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in entries if os.path.exists(p)))
 
 
 def free_port() -> int:

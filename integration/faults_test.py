@@ -185,12 +185,8 @@ def test_a_truncated_parquet_part_is_detected_and_a_rerun_repairs_only_it(tmp_pa
     assert open_sources([root]).rows == EPISODES * STEPS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_manifest's fingerprint check says 'a file was changed, truncated or "
-    "removed' but not which file; the manifest has no per-file digests",
-)
 def test_the_verified_read_of_a_truncated_dataset_names_the_file(tmp_path, undisturbed):
+    """The fingerprint check alone used to say only that some file had changed."""
     root = tmp_path / "ds"
     shutil.copytree(undisturbed, root)
     victim = data_files(root)[3]
@@ -378,12 +374,9 @@ def test_a_truncated_checkpoint_file_is_named_and_nothing_else_is_lost(trained, 
     assert load_policy(stored[0]).act(OBS, seed=9).shape == (5, 2, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer: train() returns a run as already complete after reading only the "
-    "checkpoint's JSON (_finished_result), so rerunning keeps the truncated policy.pt",
-)
 def test_rerunning_training_over_a_truncated_checkpoint_repairs_it(trained, tmp_path):
+    """train() used to return the run as finished after reading only the checkpoint's JSON,
+    keeping the truncated policy.pt."""
     from diffpol.trainer import train
 
     samples, result, config = trained

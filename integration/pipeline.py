@@ -31,6 +31,9 @@ import numpy as np
 from cluster import importable_path
 
 MAIN_MODULE = "diffpol.trainer.main"
+# Bound on one quick pipeline run: about 6 minutes measured on the shared 2-core machine at
+# load average 15-25.
+RUN_TIMEOUT_S = 600
 KILL_WORKER_ENV = "DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH"
 FAULT_MARKER_ENV = "DIFFPOL_FAULT_MARKER"
 SKIP_REASON = (
@@ -104,22 +107,28 @@ class PipelineRunner:
         self,
         args: Sequence[str],
         cwd: str | Path | None = None,
-        timeout: float = 600,
+        timeout: float = RUN_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
     ) -> PipelineRun:
         start = time.monotonic()
         process, log = self.start(args, cwd, env)
-        try:
-            returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop(process)
-            raise AssertionError(
-                f"pipeline {' '.join(args)} did not finish within {timeout:g} s; last output:\n"
-                + log.read_text(errors="replace")[-6000:]
-            ) from None
+        returncode = wait(process, log, timeout)
         return PipelineRun(
             tuple(args), returncode, log.read_text(errors="replace"), time.monotonic() - start
         )
+
+
+def wait(process: subprocess.Popen, log: Path, timeout: float) -> int:
+    """The pipeline's exit status; past ``timeout`` it is killed and the test fails with its
+    last output."""
+    try:
+        return process.wait(timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        stop(process)
+        raise AssertionError(
+            f"pipeline {' '.join(process.args[3:])} did not finish within {timeout:g} s; "
+            "last output:\n" + log.read_text(errors="replace")[-6000:]
+        ) from None
 
 
 def pipeline_args(address: str, out: Path, seed: int = 0) -> list[str]:

@@ -1,6 +1,7 @@
-"""The pipeline's driver killed (SIGKILL) after its first training checkpoint, then the same
-command run again on the same real local multi-node Ray cluster: the rerun finishes the
-run, with every epoch recorded once.
+"""The pipeline's driver killed (SIGKILL) once the diffusion policy's first epoch is
+checkpointed, then the same command run again on the same real local multi-node Ray
+cluster: the rerun resumes (the finished stages and checkpointed epochs are not redone) and
+finishes the run, with every epoch recorded once.
 
 Written against the command-line contract in ``pipeline.py``; skipped only while
 ``diffpol.trainer.main`` does not exist. A partial and a resumed pipeline run: several
@@ -14,6 +15,7 @@ import signal
 import pytest
 from cluster import ClusterConfig, wait_for
 from pipeline import (
+    RUN_TIMEOUT_S,
     SKIP_REASON,
     check_outputs,
     committed_checkpoints,
@@ -28,27 +30,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 CLUSTER_CONFIG = ClusterConfig(head_cpus=1, workers=2, cpus_per_worker=1)
-RUN_TIMEOUT_S = 540
 
 
-def test_the_driver_killed_after_the_first_checkpoint_and_rerun_finishes_the_run(
+def test_the_driver_killed_mid_training_and_rerun_resumes_and_finishes_the_run(
     cluster, run_pipeline, tmp_path
 ):
     out = tmp_path / "run"
     args = pipeline_args(cluster.address, out)
     process, log = run_pipeline.start(args)
     try:
+        # The diffusion policy trains for several epochs (the baselines, concurrently, for
+        # one): killing it after its first is killing it mid-training.
         wait_for(
-            lambda: committed_checkpoints(out) or process.poll() is not None,
+            lambda: committed_checkpoints(out, "diffusion") or process.poll() is not None,
             RUN_TIMEOUT_S,
-            "the first committed training checkpoint",
+            "the diffusion policy's first committed checkpoint",
             interval_s=0.2,
         )
         assert process.poll() is None, (
             "the pipeline ended before it wrote a checkpoint:\n"
             + log.read_text(errors="replace")[-3000:]
         )
-        first = committed_checkpoints(out)[0]
         stop(process, signal.SIGKILL)  # the driver alone: its Ray job ends with it
     finally:
         stop(process, signal.SIGKILL)
@@ -58,13 +60,16 @@ def test_the_driver_killed_after_the_first_checkpoint_and_rerun_finishes_the_run
     finished = {p: p.stat().st_mtime_ns for p in out.glob("*/manifest.json")}
     finished |= {p: p.stat().st_mtime_ns for p in out.glob("*/samples.json")}
     assert len(finished) == 2, f"the data and samples stages should be done: {sorted(finished)}"
-    finished[first / "meta.json"] = (first / "meta.json").stat().st_mtime_ns
+    saved = committed_checkpoints(out)
+    finished |= {c / "meta.json": (c / "meta.json").stat().st_mtime_ns for c in saved}
+    diffusion_saved = len(committed_checkpoints(out, "diffusion"))
 
     rerun = run_pipeline(args, timeout=RUN_TIMEOUT_S).check()
     epochs = check_outputs(out)
-    # ...nor is the epoch checkpointed before the kill trained again (the rerun resumes).
+    assert diffusion_saved < len(epochs), "the kill came after the diffusion policy finished"
+    # ...nor are the epochs checkpointed before the kill trained again (the rerun resumes).
     assert {p: p.stat().st_mtime_ns for p in finished} == finished, "finished work was redone"
     print(
-        f"\ndriver killed after {first.relative_to(out)}; the rerun finished "
-        f"{len(epochs)} epochs in {rerun.seconds:.0f} s"
+        f"\ndriver killed with {', '.join(str(c.relative_to(out)) for c in saved)} "
+        f"checkpointed; the rerun finished {len(epochs)} epochs in {rerun.seconds:.0f} s"
     )

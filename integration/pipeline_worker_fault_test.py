@@ -18,12 +18,14 @@ from cluster import ClusterConfig, pid_alive, wait_for
 from pipeline import (
     FAULT_MARKER_ENV,
     KILL_WORKER_ENV,
+    RUN_TIMEOUT_S,
     SKIP_REASON,
     check_outputs,
     checkpoints,
     pipeline_args,
     pipeline_available,
     stop,
+    wait,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -32,7 +34,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 CLUSTER_CONFIG = ClusterConfig(head_cpus=1, workers=2, cpus_per_worker=1)
-RUN_TIMEOUT_S = 540
 KILL_AT_EPOCH = 1
 
 
@@ -60,8 +61,7 @@ def test_a_training_worker_killed_mid_epoch_is_replaced_and_the_run_completes(
             f"${FAULT_MARKER_ENV}, epoch=${KILL_WORKER_ENV}) to train() when {KILL_WORKER_ENV} "
             "is set\n" + log.read_text(errors="replace")[-3000:]
         )
-        remaining = RUN_TIMEOUT_S - (time.monotonic() - start)
-        returncode = process.wait(timeout=max(remaining, 1))
+        returncode = wait(process, log, RUN_TIMEOUT_S - (time.monotonic() - start))
     finally:
         stop(process)
     assert returncode == 0, log.read_text(errors="replace")[-6000:]

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import ray
@@ -40,11 +41,17 @@ def test_local_ray_is_small(ray_local):
 
 
 def test_venv_pex_binary_gives_ray_workers_the_project_code(tmp_path):
+    # A packed-layout PEX is a directory that Python runs through its __main__.py.
     pex = Path("tests/ray_probe.pex")
-    assert pex.is_file(), "tests:ray_probe is a runtime_package_dependency of this test"
+    assert (pex / "__main__.py").is_file(), "tests:ray_probe is a runtime_package_dependency"
     env = {**os.environ, "PEX_ROOT": str(tmp_path / "pex_root")}
     out = subprocess.run(
-        [str(pex)], env=env, capture_output=True, text=True, timeout=240, check=False
+        [sys.executable, str(pex)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])

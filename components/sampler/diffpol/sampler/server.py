@@ -65,9 +65,6 @@ class ServerConfig:
     # How long a batch may wait for more requests; 0 turns batching off (each request
     # runs at once on the event loop: no queue, no thread hop, one request at a time).
     max_batch_wait_ms: float = 0.0
-    # Unused since the server became grpc.aio (no handler threads); still accepted so that
-    # existing configurations load.
-    max_workers: int = 32
     # None: room for a full batch of the loaded model, at least 4 MiB.
     max_message_bytes: int | None = None
     intra_op_threads: int = 1
@@ -84,8 +81,6 @@ class ServerConfig:
             problems.append(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if not self.max_batch_wait_ms >= 0:
             problems.append(f"max_batch_wait_ms must be >= 0, got {self.max_batch_wait_ms}")
-        if self.max_workers < 1:
-            problems.append(f"max_workers must be >= 1, got {self.max_workers}")
         if self.max_message_bytes is not None and self.max_message_bytes < 1024:
             problems.append(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         if self.intra_op_threads < 1:
