@@ -82,8 +82,8 @@ def test_an_actor_that_stays_dead_is_replaced_and_its_shards_resubmitted(
         **SETTINGS,
     )
     assert result.replaced_actors >= 1 and result.resubmitted_shards >= 1
-    # Actor names end with the slot's generation: -1 is the replacement.
-    assert any(r.worker.endswith("-1") for r in reports)
+    # Which actor writes the resubmitted shards (the survivor or the replacement, named
+    # "-1") depends on scheduling: either way each shard is written once.
     assert result.manifest.fingerprint == reference.fingerprint
     assert sorted(r.index for r in reports) == list(range(16))  # each shard written once
 
