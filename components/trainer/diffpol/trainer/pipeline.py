@@ -210,21 +210,9 @@ def concurrent_runs(train_config: TrainConfig, runs: int) -> int:
 
 
 def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:
-    from diffpol.sampler import export_onnx
     from diffpol.trainer.policy import load_policy
 
-    policy = load_policy(run.checkpoint_dir, "ddim", preset.ddim_steps)
-    return export_onnx(
-        policy.loop,
-        policy.normalizer,
-        policy.action_low,
-        policy.action_high,
-        policy.spec,
-        policy.horizon,
-        policy.env_id,
-        policy.model_version,
-        path,
-    )
+    return load_policy(run.checkpoint_dir, "ddim", preset.ddim_steps).export_onnx(path)
 
 
 @dataclasses.dataclass(frozen=True)

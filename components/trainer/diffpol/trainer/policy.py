@@ -82,6 +82,22 @@ class TorchPolicy:
     def steps(self) -> int:
         return int(self.loop.steps)
 
+    def export_onnx(self, path: str | Path) -> Path:
+        """This policy's sampler as the sampler component's ONNX artifact at ``path``."""
+        from diffpol.sampler import export_onnx
+
+        return export_onnx(
+            self.loop,
+            self.normalizer,
+            self.action_low,
+            self.action_high,
+            self.spec,
+            self.horizon,
+            self.env_id,
+            self.model_version,
+            path,
+        )
+
     def act(self, obs: np.ndarray, seed: int | None = None) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
         expected = (self.spec.n_obs_steps, self.spec.obs_dim)
