@@ -79,28 +79,23 @@ def data_files(root: str | Path) -> list[Path]:
     return sorted((Path(root) / DATA_DIR).glob("*.parquet"))
 
 
-def _hash_file(path: Path, digest) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+def digest_files(files: list[Path]) -> tuple[str, dict[str, str]]:
+    """One read of each file: the set's fingerprint (sha256 over names and bytes, in name
+    order) and each file's own sha256, by name."""
+    fingerprint, digests = hashlib.sha256(), {}
+    for path in sorted(files, key=lambda p: p.name):
+        fingerprint.update(path.name.encode())
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                fingerprint.update(chunk)
+                digest.update(chunk)
+        digests[path.name] = digest.hexdigest()
+    return fingerprint.hexdigest(), digests
 
 
 def fingerprint_files(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
-        digest.update(path.name.encode())
-        _hash_file(path, digest)
-    return digest.hexdigest()
-
-
-def file_digests(files: list[Path]) -> dict[str, str]:
-    """sha256 of each file, by file name."""
-    digests = {}
-    for path in sorted(files, key=lambda p: p.name):
-        digest = hashlib.sha256()
-        _hash_file(path, digest)
-        digests[path.name] = digest.hexdigest()
-    return digests
+    return digest_files(files)[0]
 
 
 def _describe_damage(expected: dict[str, str], actual: dict[str, str]) -> str:
@@ -133,12 +128,9 @@ def read_manifest(root: str | Path, *, verify: bool = True) -> DatasetManifest:
     except (json.JSONDecodeError, TypeError) as exc:
         raise ContractError(f"{path} is not a valid manifest: {exc}") from exc
     if verify:
-        files = data_files(root)
-        actual = fingerprint_files(files)
+        actual, digests = digest_files(data_files(root))
         if actual != manifest.fingerprint:
-            damage = manifest.file_digests and _describe_damage(
-                manifest.file_digests, file_digests(files)
-            )
+            damage = manifest.file_digests and _describe_damage(manifest.file_digests, digests)
             raise ContractError(
                 f"{root}: data files do not match the manifest fingerprint "
                 f"({actual[:12]} != {manifest.fingerprint[:12]}): "

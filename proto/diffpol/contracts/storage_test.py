@@ -11,8 +11,7 @@ from diffpol.contracts.dataset import (
     DatasetManifest,
     ReturnStats,
     data_files,
-    file_digests,
-    fingerprint_files,
+    digest_files,
     read_manifest,
 )
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
@@ -22,6 +21,7 @@ def write_dataset(root, payload=b"rows", *, with_file_digests=True):
     (root / "data").mkdir(parents=True)
     (root / "data" / "part-00000.parquet").write_bytes(payload)
     (root / "data" / "part-00001.parquet").write_bytes(payload + b"more")
+    fingerprint, digests = digest_files(data_files(root))
     manifest = DatasetManifest(
         schema_version=1,
         env_id="Pendulum-v1",
@@ -35,8 +35,8 @@ def write_dataset(root, payload=b"rows", *, with_file_digests=True):
         episodes=1,
         transitions=200,
         returns=ReturnStats(mean=-100.0, std=0.0, min=-100.0, max=-100.0),
-        fingerprint=fingerprint_files(data_files(root)),
-        file_digests=file_digests(data_files(root)) if with_file_digests else {},
+        fingerprint=fingerprint,
+        file_digests=digests if with_file_digests else {},
     )
     atomic_write_json(root / "manifest.json", manifest.to_json())
     return manifest

@@ -23,8 +23,7 @@ from diffpol.contracts.dataset import (
     DatasetManifest,
     ReturnStats,
     data_files,
-    file_digests,
-    fingerprint_files,
+    digest_files,
 )
 
 
@@ -103,6 +102,7 @@ def write_dataset(
         pq.write_table(part, root / DATA_DIR / f"part-{i:05d}.parquet")
     tables = pa.concat_tables(parts) if parts else None
     episodes = len(set(tables.column("episode_id").to_pylist())) if tables is not None else 0
+    fingerprint, digests = digest_files(data_files(root))
     manifest = DatasetManifest(
         schema_version=SCHEMA_VERSION,
         env_id=env_id,
@@ -116,8 +116,8 @@ def write_dataset(
         episodes=episodes,
         transitions=tables.num_rows if tables is not None else 0,
         returns=ReturnStats(0.0, 0.0, 0.0, 0.0),
-        fingerprint=fingerprint_files(data_files(root)),
-        file_digests=file_digests(data_files(root)),
+        fingerprint=fingerprint,
+        file_digests=digests,
         provenance={"writer": "diffpol.preprocess.synthetic"},
     )
     atomic_write_json(root / MANIFEST, manifest.to_json())

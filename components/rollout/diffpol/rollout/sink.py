@@ -24,8 +24,7 @@ from diffpol.contracts.dataset import (
     DatasetManifest,
     ReturnStats,
     data_files,
-    file_digests,
-    fingerprint_files,
+    digest_files,
 )
 from diffpol.contracts.errors import ContractError
 from diffpol.rollout.envs import EnvSpec
@@ -89,6 +88,7 @@ class DatasetWriter:
                 f"e.g. {int(unique[counts > 1][0])}"
             )
         returns = self.returns()
+        fingerprint, digests = digest_files(data_files(self.staging))
         manifest = DatasetManifest(
             schema_version=SCHEMA_VERSION,
             env_id=self.env.env_id,
@@ -107,8 +107,8 @@ class DatasetWriter:
                 min=float(returns.min()),
                 max=float(returns.max()),
             ),
-            fingerprint=fingerprint_files(data_files(self.staging)),
-            file_digests=file_digests(data_files(self.staging)),
+            fingerprint=fingerprint,
+            file_digests=digests,
             provenance=dict(provenance),
         )
         atomic_write_json(self.staging / MANIFEST, manifest.to_json())
