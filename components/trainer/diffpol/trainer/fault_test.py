@@ -22,7 +22,7 @@ def test_a_killed_worker_resumes_and_every_epoch_is_recorded_once(ray_local, tmp
         samples,
         tmp_path / "out",
         config,
-        callbacks=[RecordTrainingStarts(starts), KillWorkerOnce(marker, epoch=1, batch=1)],
+        callbacks=[RecordTrainingStarts(starts), KillWorkerOnce(marker, epoch=1, step=1)],
     )
     assert marker.exists(), "the worker was never killed"
     # The second attempt started at epoch 1, from the checkpoint of epoch 0.

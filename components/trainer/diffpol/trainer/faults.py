@@ -1,7 +1,8 @@
 """Fault injection for resilience tests: kill a training worker once, mid-run.
 
-``KillWorkerOnce`` is a Lightning callback: at the given epoch and batch it sends SIGKILL
-to its own process (no cleanup, no exception: what an OOM kill or a lost node looks like
+``KillWorkerOnce`` is a Lightning callback: in the given epoch, at the end of the first block
+that took the epoch past the given optimizer step (before the epoch's checkpoint, so the
+epoch is lost and trained again), it sends SIGKILL to its own process (no cleanup, no exception: what an OOM kill or a lost node looks like
 to Ray). A marker file makes it fire once, so the restarted worker trains on.
 ``kill_worker_from_env`` is the pipeline command's hook for it (integration tests).
 """
@@ -16,23 +17,29 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from diffpol.trainer.distributed import world_rank
+
 
 class KillWorkerOnce(pl.Callback):
     def __init__(
-        self, marker: str | Path, epoch: int, batch: int = 0, rank: int = 0, delay_s: float = 5.0
+        self, marker: str | Path, epoch: int, step: int = 1, rank: int = 0, delay_s: float = 5.0
     ) -> None:
         self.marker = str(marker)
-        self.epoch, self.batch, self.rank = epoch, batch, rank
+        self.epoch, self.step, self.rank = epoch, step, rank
         # Ray Train V2's controller collects reports by polling the workers: a report still
         # queued on a worker that dies is lost. Waiting lets the previous epoch's checkpoint
         # register, so the test exercises resume-from-checkpoint rather than that race.
         self.delay_s = delay_s
+        self._epoch_start_step = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start_step = pl_module.optimizer_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (
             trainer.current_epoch == self.epoch
-            and batch_idx == self.batch
-            and trainer.global_rank == self.rank
+            and pl_module.optimizer_steps - self._epoch_start_step >= self.step
+            and world_rank() == self.rank
             and not os.path.exists(self.marker)
         ):
             Path(self.marker).write_text(f"killed pid {os.getpid()} at epoch {self.epoch}\n")
@@ -49,7 +56,7 @@ class RecordTrainingStarts(pl.Callback):
         self.path = str(path)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.global_rank == 0:
+        if world_rank() == 0:
             with open(self.path, "a") as f:
                 f.write(f"{trainer.current_epoch}\n")
 

@@ -29,6 +29,7 @@ from diffpol.trainer.checkpoint import (
     write_sidecars,
 )
 from diffpol.trainer.config import Config
+from diffpol.trainer.distributed import world_rank, world_size
 from diffpol.trainer.lightning_module import PolicyLightningModule
 from diffpol.trainer.metrics import (
     LOSS_PLOT,
@@ -94,18 +95,18 @@ class EpochCheckpointReporter(pl.Callback):
         meta = CheckpointMeta(
             epochs_completed=epoch + 1,
             epochs_total=self.config.train.epochs,
-            global_step=trainer.global_step,
+            global_step=pl_module.optimizer_steps,
             data=self.data,
             versions=package_versions(),
             history=self.history,
         )
-        rank0 = trainer.global_rank == 0
+        rank0 = world_rank() == 0
         with tempfile.TemporaryDirectory(prefix="diffpol-ckpt-") as tmp:
             directory = Path(tmp)
-            # Collective: every rank calls it, rank 0 writes.
-            trainer.save_checkpoint(directory / LIGHTNING_FILE, weights_only=False)
             checkpoint = None
             if rank0:
+                # Replicas are equal: rank 0's state is the run's.
+                trainer.save_checkpoint(directory / LIGHTNING_FILE, weights_only=False)
                 save_policy_weights(directory, pl_module.policy, pl_module.ema.averaged)
                 write_sidecars(directory, self.config, self.normalizer, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
@@ -120,13 +121,13 @@ class EpochCheckpointReporter(pl.Callback):
     def _epoch_row(self, trainer, pl_module, epoch: int) -> dict[str, Any]:
         losses = pl_module.epoch_losses()
         train_seconds = self._train_end - self._epoch_start
-        samples = self._train_samples * trainer.world_size
+        samples = self._train_samples * world_size()
         return {
             "epoch": epoch,
             "train_loss": losses["train_loss"],
             "val_loss": losses["val_loss"],
             "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-            "global_step": int(trainer.global_step),
+            "global_step": pl_module.optimizer_steps,
             "epoch_time_s": round(time.perf_counter() - self._epoch_start, 4),
             "train_samples_per_s": round(samples / train_seconds, 1) if train_seconds > 0 else None,
         }
@@ -159,14 +160,16 @@ class EpochCheckpointReporter(pl.Callback):
             self._tensorboard = None
 
 
-class ShardBatches:
-    """Minibatches from a Ray Data shard, re-iterable once per epoch.
+class ShardBlocks:
+    """Blocks of ``steps_per_block`` minibatches from a Ray Data shard, re-iterable once
+    per epoch; the module steps through each block (see ``PolicyLightningModule``).
 
-    Ray Data hands over ``ingest_batches`` minibatches' worth of rows at a time (one
-    ``iter_torch_batches`` batch, after its local shuffle buffer), which are then permuted
-    and sliced here. Ray Data's cost is largely per batch (~0.8 ms on the 2-core dev
-    machine), a third of a small control policy's whole training step at batch 256;
-    fetching 16 batches at a time amortises that part (benchmarks/trainer_bench_test.py).
+    Ray Data hands over one block at a time (one ``iter_torch_batches`` batch, after its
+    local shuffle buffer), which is then permuted here. Ray Data's and Lightning's costs
+    are per batch (together ~1-8 ms on the 2-core dev machine, against ~2 ms for a whole
+    training step of a small control policy at batch 256): 64 minibatches a block
+    measured 77-89% of a plain in-memory loop, 16 a block 71-78%
+    (benchmarks/trainer_bench_test.py).
     """
 
     def __init__(
@@ -176,32 +179,26 @@ class ShardBatches:
         *,
         shuffle: bool,
         shuffle_buffer_rows: int = 0,
-        ingest_batches: int = 16,
+        steps_per_block: int = 64,
         seed: int = 0,
     ) -> None:
         self.shard = shard
-        self.batch_size = batch_size
         self.shuffle = shuffle
         self.shuffle_buffer_rows = shuffle_buffer_rows
-        self.ingest_rows = batch_size * ingest_batches
+        self.block_rows = batch_size * steps_per_block
         self._generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
         blocks = self.shard.iter_torch_batches(
-            batch_size=self.ingest_rows,
+            batch_size=self.block_rows,
             dtypes=torch.float32,
             local_shuffle_buffer_size=(self.shuffle_buffer_rows or None) if self.shuffle else None,
         )
         for block in blocks:
-            rows = block["obs"].shape[0]
             if self.shuffle:
-                order = torch.randperm(rows, generator=self._generator)
+                order = torch.randperm(block["obs"].shape[0], generator=self._generator)
                 block = {"obs": block["obs"][order], "action": block["action"][order]}
-            for start in range(0, rows, self.batch_size):
-                yield {
-                    "obs": block["obs"][start : start + self.batch_size],
-                    "action": block["action"][start : start + self.batch_size],
-                }
+            yield {"obs": block["obs"], "action": block["action"]}
 
 
 def _restored_checkpoint(scratch: Path) -> tuple[Path | None, CheckpointMeta | None]:
@@ -223,7 +220,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     from lightning.pytorch.strategies import SingleDeviceStrategy
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
     warnings.filterwarnings("ignore", message="barrier.*using the device under current context")
     # Lightning suggests DataLoader workers; batches come from Ray Data, which has its own.
@@ -268,7 +264,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
 
         batch_size = config.train.batch_size
-        train_batches = ShardBatches(
+        train_blocks = ShardBlocks(
             ray.train.get_dataset_shard("train"),
             batch_size,
             shuffle=True,
@@ -278,11 +274,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             + rank
             + 104_729 * (restored.epochs_completed if restored else 0),
         )
-        val_batches = None
+        val_blocks = None
         if loop_config["has_val"]:
-            val_batches = ShardBatches(
-                ray.train.get_dataset_shard("val"), batch_size, shuffle=False
-            )
+            val_blocks = ShardBlocks(ray.train.get_dataset_shard("val"), batch_size, shuffle=False)
 
         module = PolicyLightningModule(
             config,
@@ -292,31 +286,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             total_steps=loop_config["steps_per_epoch"] * config.train.epochs,
         )
         reporter = EpochCheckpointReporter(config, normalizer, data, loop_config["out_dir"])
-        if context.get_world_size() > 1:
-            distributed = {"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()]}
-        else:
-            # One worker: DDP would only add a gradient all-reduce hook to every step.
-            distributed = {"strategy": SingleDeviceStrategy(device=ray.train.torch.get_device())}
         trainer = pl.Trainer(
             max_epochs=config.train.epochs,
             accelerator="auto" if config.train.gpus > 0 else "cpu",
-            devices=1 if context.get_world_size() == 1 else "auto",
-            **distributed,
+            # Each worker trains its replica on its device; gradients are averaged across
+            # workers by the module (see ``distributed``), not by a Lightning DDP strategy.
+            strategy=SingleDeviceStrategy(device=ray.train.torch.get_device()),
             callbacks=[reporter, *loop_config.get("callbacks", ())],
             enable_checkpointing=False,
             logger=False,
             enable_progress_bar=config.train.progress_bar and rank == 0,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            **({} if val_batches is not None else {"limit_val_batches": 0}),
+            **({} if val_blocks is not None else {"limit_val_batches": 0}),
             default_root_dir=str(scratch),
         )
-        if context.get_world_size() > 1:
-            trainer = prepare_trainer(trainer)
         trainer.fit(
             module,
-            train_dataloaders=train_batches,
-            val_dataloaders=val_batches,
+            train_dataloaders=train_blocks,
+            val_dataloaders=val_blocks,
             ckpt_path=str(ckpt_path) if ckpt_path else None,
             weights_only=True,
         )
