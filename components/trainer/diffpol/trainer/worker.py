@@ -243,6 +243,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(config.train.seed * 7919 + rank)
+    # As many intra-op threads as the worker has CPUs. Ray sets OMP_NUM_THREADS for the
+    # worker, but torch in Ray Train's training thread still starts one per core: on a
+    # 2-core machine shared with the baselines' workers and the evaluator, that
+    # oversubscription (OpenMP threads spin while they wait) made the default pipeline's
+    # training ~4x slower than the same run alone.
+    torch.set_num_threads(max(1, math.floor(config.train.cpus_per_worker)))
 
     with tempfile.TemporaryDirectory(prefix="diffpol-train-") as tmp:
         scratch = Path(tmp)
