@@ -35,6 +35,7 @@ import torch
 
 from diffpol.trainer import Config, OptimConfig, TrainConfig, train
 from diffpol.trainer.config import ModelConfig
+from diffpol.trainer.distributed import world_rank
 from diffpol.trainer.lightning_module import make_optimizer, warmup_cosine
 from diffpol.trainer.modeling import EMA, build_policy_model
 from diffpol.trainer.synthetic import write_samples
@@ -121,7 +122,9 @@ class PlainEpochAfterEachEpoch(pl.Callback):
         self.loop = PlainLoop(column["obs"], column["action"])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.global_rank == 0:
+        # Our Lightning strategy is single-device on every worker (gradients are averaged
+        # by the module), so Lightning's global_rank is 0 everywhere: ask the process group.
+        if world_rank() == 0:
             rate = self.loop.epoch()
             with open(self.out, "a") as f:
                 f.write(f"{rate}\n")

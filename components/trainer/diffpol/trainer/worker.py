@@ -195,10 +195,11 @@ class ShardBlocks:
             local_shuffle_buffer_size=(self.shuffle_buffer_rows or None) if self.shuffle else None,
         )
         for block in blocks:
+            obs, action = block["obs"], block["action"]
             if self.shuffle:
-                order = torch.randperm(block["obs"].shape[0], generator=self._generator)
-                block = {"obs": block["obs"][order], "action": block["action"][order]}
-            yield {"obs": block["obs"], "action": block["action"]}
+                order = torch.randperm(obs.shape[0], generator=self._generator)
+                obs, action = obs[order], action[order]
+            yield {"obs": obs, "action": action}
 
 
 def _restored_checkpoint(scratch: Path) -> tuple[Path | None, CheckpointMeta | None]:
