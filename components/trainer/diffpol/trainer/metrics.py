@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,18 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
+# matplotlib is not thread-safe (its mathtext parser, used by log-scale tick labels, fails
+# when two threads draw at once), and the pipeline's concurrent training runs each plot
+# their losses from their own thread.
+_PLOT_LOCK = threading.Lock()
+
+
 def plot_losses(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    with _PLOT_LOCK:
+        return _plot_losses(history, path, title)
+
+
+def _plot_losses(history: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
