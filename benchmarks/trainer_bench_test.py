@@ -7,7 +7,7 @@ Both sides train the same model (the default ``ModelConfig``: diffusion, To=2, T
 ReLU) with the same batch size, optimiser (``make_optimizer``), LR schedule and EMA update,
 on one CPU thread.
 The Ray side streams its worker's Ray Data shard with ``iter_torch_batches`` (block order
-reshuffled per epoch, local shuffle buffer) through Lightning in a ``TorchTrainer``; the
+reshuffled per epoch, the worker's shuffle buffer) through Lightning in a ``TorchTrainer``; the
 plain loop indexes shuffled in-memory tensors (the same Parquet rows, read once).
 
 The comparison is paired: after each Ray epoch, a callback runs one plain epoch in the same
@@ -42,7 +42,7 @@ from diffpol.trainer.synthetic import write_samples
 
 SCALE = float(os.environ.get("DIFFPOL_BENCH_SCALE", "1.0"))
 ROWS = max(2_000, round(100_000 * SCALE))
-EPOCHS = 6
+EPOCHS = 12
 MODEL = ModelConfig()
 CONFIG = Config(
     model=MODEL,

@@ -13,6 +13,8 @@ import math
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +166,25 @@ class ShardBlocks:
     """Blocks of ``steps_per_block`` minibatches from a Ray Data shard, re-iterable once
     per epoch; the module steps through each block (see ``PolicyLightningModule``).
 
-    Ray Data hands over one block at a time (one ``iter_torch_batches`` batch, after its
-    local shuffle buffer), which is then permuted here. Ray Data's and Lightning's costs
-    are per batch (together ~1-8 ms on the 2-core dev machine, against ~2 ms for a whole
-    training step of a small control policy at batch 256): 64 minibatches a block
-    measured 77-89% of a plain in-memory loop, 16 a block 71-78%
+    Ray Data hands over one block at a time (one ``iter_torch_batches`` batch). Ray Data's
+    and Lightning's costs are per batch (together ~1-8 ms on the 2-core dev machine,
+    against ~1-2 ms for a whole training step of a small control policy at batch 256): 64
+    minibatches a block measured 77-89% of a plain in-memory loop, 16 a block 71-78%
     (benchmarks/trainer_bench_test.py).
+
+    When shuffling, rows pass through a shuffle buffer of ``shuffle_buffer_rows`` kept
+    here as tensors: each block is a uniform random draw from the rows buffered so far,
+    and every row is yielded exactly once per epoch. Ray Data's own local shuffle buffer
+    (``local_shuffle_buffer_size``) does the same on Arrow tables and cost ~15% of an
+    epoch of a 3x64 model (69-73% of the plain loop against 83-89% without a buffer).
+    Batches are converted on this thread (``prefetch_batches=0``): Ray Data's prefetch
+    thread contends for the GIL with the training loop (3x64: 72-87% over three runs with
+    it, 78-80% without).
+
+    Each epoch's first block waits ~60 ms while Ray Data starts the epoch's execution (~8%
+    of an epoch of a 3x64 model). With ``epochs`` given, the next epoch is started in the
+    background as soon as this one's last Ray batch is in, while the model still trains
+    on the buffer's last rows.
     """
 
     def __init__(
@@ -181,25 +196,63 @@ class ShardBlocks:
         shuffle_buffer_rows: int = 0,
         steps_per_block: int = 64,
         seed: int = 0,
+        epochs: int = 0,
     ) -> None:
         self.shard = shard
         self.shuffle = shuffle
         self.shuffle_buffer_rows = shuffle_buffer_rows
         self.block_rows = batch_size * steps_per_block
         self._generator = torch.Generator().manual_seed(seed)
+        self._epochs_left = epochs  # epochs still to be iterated, when known
+        self._next_epoch: Future | None = None
+        self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-epoch")
+
+    def _open_epoch(self) -> tuple[Iterator[dict[str, torch.Tensor]], dict | None]:
+        """An epoch's Ray batches and its first one (the wait for which starts the epoch)."""
+        batches = self.shard.iter_torch_batches(
+            batch_size=self.block_rows, dtypes=torch.float32, prefetch_batches=0
+        )
+        batches = iter(batches)
+        return batches, next(batches, None)
+
+    def _ray_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._epochs_left -= 1
+        opening, self._next_epoch = self._next_epoch, None
+        batches, first = opening.result() if opening is not None else self._open_epoch()
+        if first is not None:
+            yield {"obs": first["obs"], "action": first["action"]}
+        for batch in batches:
+            yield {"obs": batch["obs"], "action": batch["action"]}
+        if self._epochs_left > 0:
+            self._next_epoch = self._opener.submit(self._open_epoch)
 
     def __iter__(self):
-        blocks = self.shard.iter_torch_batches(
-            batch_size=self.block_rows,
-            dtypes=torch.float32,
-            local_shuffle_buffer_size=(self.shuffle_buffer_rows or None) if self.shuffle else None,
-        )
-        for block in blocks:
-            obs, action = block["obs"], block["action"]
-            if self.shuffle:
-                order = torch.randperm(obs.shape[0], generator=self._generator)
-                obs, action = obs[order], action[order]
-            yield {"obs": obs, "action": action}
+        if not self.shuffle:
+            yield from self._ray_batches()
+            return
+        buffered: dict[str, torch.Tensor] | None = None
+        for incoming in self._ray_batches():
+            buffered = incoming if buffered is None else _concat(buffered, incoming)
+            while _rows(buffered) >= self.shuffle_buffer_rows + self.block_rows:
+                order = torch.randperm(_rows(buffered), generator=self._generator)
+                yield _take(buffered, order[: self.block_rows])
+                buffered = _take(buffered, order[self.block_rows :])
+        if buffered is not None:  # the epoch's last rows, in random order
+            order = torch.randperm(_rows(buffered), generator=self._generator)
+            for start in range(0, len(order), self.block_rows):
+                yield _take(buffered, order[start : start + self.block_rows])
+
+
+def _rows(columns: dict[str, torch.Tensor]) -> int:
+    return next(iter(columns.values())).shape[0]
+
+
+def _concat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _take(columns: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v.index_select(0, index) for k, v in columns.items()}
 
 
 def _restored_checkpoint(scratch: Path) -> tuple[Path | None, CheckpointMeta | None]:
@@ -280,6 +333,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seed=config.train.seed * 7919
             + rank
             + 104_729 * (restored.epochs_completed if restored else 0),
+            epochs=config.train.epochs - (restored.epochs_completed if restored else 0),
         )
         val_blocks = None
         if loop_config["has_val"]:
