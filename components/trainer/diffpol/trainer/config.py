@@ -117,7 +117,8 @@ class TrainConfig:
     run_name: str = "diffpol-train"
     max_failures: int = 3
     keep_checkpoints: int = 2
-    # Rows in Ray Data's local shuffle buffer (the block order is also shuffled per epoch).
+    # Rows in the training worker's shuffle buffer (Ray Data also shuffles the block order
+    # per epoch).
     shuffle_buffer_rows: int = 20_000
     progress_bar: bool = False
 

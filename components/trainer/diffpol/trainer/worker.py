@@ -176,7 +176,8 @@ class ShardBlocks:
     here as tensors: each block is a uniform random draw from the rows buffered so far,
     and every row is yielded exactly once per epoch. Ray Data's own local shuffle buffer
     (``local_shuffle_buffer_size``) does the same on Arrow tables and cost ~15% of an
-    epoch of a 3x64 model (69-73% of the plain loop against 83-89% without a buffer).
+    epoch of a 3x64 model (128-step blocks: 69-73% of the plain loop, 83-89% without a
+    buffer).
     Batches are converted on this thread (``prefetch_batches=0``): Ray Data's prefetch
     thread contends for the GIL with the training loop (3x64: 72-87% over three runs with
     it, 78-80% without).
