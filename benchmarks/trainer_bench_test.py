@@ -7,8 +7,8 @@ Both sides train the same model (the default ``ModelConfig``: diffusion, To=2, T
 ReLU) with the same batch size, optimiser (``make_optimizer``), LR schedule and EMA update,
 on one CPU thread.
 The Ray side streams its worker's Ray Data shard with ``iter_torch_batches`` (block order
-reshuffled per epoch, the worker's shuffle buffer) through Lightning in a ``TorchTrainer``; the
-plain loop indexes shuffled in-memory tensors (the same Parquet rows, read once).
+reshuffled per epoch, the worker's shuffle buffer) through Lightning in a ``TorchTrainer``;
+the plain loop indexes shuffled in-memory tensors (the same Parquet rows, read once).
 
 The comparison is paired: after each Ray epoch, a callback runs one plain epoch in the same
 worker process (outside the Ray epoch's timing). The machine is shared and its speed drifts

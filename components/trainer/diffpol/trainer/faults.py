@@ -3,7 +3,8 @@
 ``KillWorkerOnce`` is a Lightning callback: in the given epoch, at the end of the first
 block that took the epoch past the given optimizer step (before the epoch's checkpoint, so
 the epoch is lost and trained again), it sends SIGKILL to its own process (no cleanup, no
-exception: what an OOM kill or a lost node looks like to Ray). A marker file makes it fire once, so the restarted worker trains on.
+exception: what an OOM kill or a lost node looks like to Ray). A marker file makes it fire
+once, so the restarted worker trains on.
 ``kill_worker_from_env`` is the pipeline command's hook for it (integration tests).
 """
 

@@ -8,6 +8,7 @@ Train hands the latest reported checkpoint back, and Lightning resumes from it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import tempfile
@@ -220,9 +221,7 @@ class ShardBlocks:
         self._epochs_left -= 1
         opening, self._next_epoch = self._next_epoch, None
         batches, first = opening.result() if opening is not None else self._open_epoch()
-        if first is not None:
-            yield {"obs": first["obs"], "action": first["action"]}
-        for batch in batches:
+        for batch in itertools.chain([] if first is None else [first], batches):
             yield {"obs": batch["obs"], "action": batch["action"]}
         if self._epochs_left > 0:
             self._next_epoch = self._opener.submit(self._open_epoch)
