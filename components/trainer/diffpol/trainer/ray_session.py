@@ -17,6 +17,10 @@
   every ~1 s epoch waited ~1 s per epoch, as long as the epoch itself. Our jobs poll
   every ``TRAIN_POLL_INTERVAL_S`` (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``; an environment
   value wins).
+- A local Ray has no node that a cloud provider can preempt, so Ray Train's preemption
+  watcher (an actor process per run) is turned off there; on a cluster (``address``) it
+  stays on. Every process counts on a laptop: a Ray Train run starts ~5 of them, and their
+  imports, not training, take most of the quick preset's time.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Iterator
 _QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
 TRAIN_POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = 0.2
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def quiet_ray_train_internals() -> None:
@@ -65,6 +70,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     }
     if address is None:
         env_vars["PYTHONPATH"] = _importable_path()
+        env_vars[PREEMPTION_WATCHER_ENV] = os.environ.get(PREEMPTION_WATCHER_ENV, "0")
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
