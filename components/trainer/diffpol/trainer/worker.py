@@ -207,7 +207,12 @@ class ShardBlocks:
         self._generator = torch.Generator().manual_seed(seed)
         self._epochs_left = epochs  # epochs still to be iterated, when known
         self._next_epoch: Future | None = None
-        self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-epoch")
+        # Only a shard iterated for several known epochs opens the next one early.
+        self._opener = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-epoch")
+            if epochs > 1
+            else None
+        )
 
     def _open_epoch(self) -> tuple[Iterator[dict[str, torch.Tensor]], dict | None]:
         """An epoch's Ray batches and its first one (the wait for which starts the epoch)."""
@@ -223,7 +228,7 @@ class ShardBlocks:
         batches, first = opening.result() if opening is not None else self._open_epoch()
         for batch in itertools.chain([] if first is None else [first], batches):
             yield {"obs": batch["obs"], "action": batch["action"]}
-        if self._epochs_left > 0:
+        if self._epochs_left > 0 and self._opener is not None:
             self._next_epoch = self._opener.submit(self._open_epoch)
 
     def __iter__(self):
