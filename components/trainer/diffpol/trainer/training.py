@@ -178,11 +178,11 @@ def _data_context(progress: bool) -> Iterator[None]:
 
 def _datasets_to_split(train_config: TrainConfig) -> list[str] | str:
     """Split every dataset among several workers. A single worker reads the validation
-    set whole, which spares the run that split's coordinator actor (a process, ~2.5 s of
+    set whole, which spares the run that split's coordinator actor (a process, ~3 s of
     start-up on 2 cores); the training set stays split even then, because its coordinator
     runs Ray Data's executor outside the training process: unsplit, the executor's thread
     shares the worker's GIL, and ingest measured 79-84% of the plain loop instead of
-    86-87% (benchmarks/trainer_bench_test.py, the same session)."""
+    86-87% (benchmarks/trainer_bench_test.py, alternating runs in one session)."""
     return "all" if train_config.workers > 1 else ["train"]
 
 

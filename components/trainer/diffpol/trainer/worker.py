@@ -328,6 +328,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     config.train.epochs,
                 )
 
+        epochs_done = restored.epochs_completed if restored else 0
         batch_size = config.train.batch_size
         train_blocks = ShardBlocks(
             ray.train.get_dataset_shard("train"),
@@ -335,10 +336,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             shuffle=True,
             shuffle_buffer_rows=config.train.shuffle_buffer_rows,
             # A different permutation stream per attempt: a resumed run does not replay.
-            seed=config.train.seed * 7919
-            + rank
-            + 104_729 * (restored.epochs_completed if restored else 0),
-            epochs=config.train.epochs - (restored.epochs_completed if restored else 0),
+            seed=config.train.seed * 7919 + rank + 104_729 * epochs_done,
+            epochs=config.train.epochs - epochs_done,
         )
         val_blocks = None
         if loop_config["has_val"]:
