@@ -6,8 +6,9 @@ The contract the tests rely on (``python -m diffpol.trainer.main``):
 - flags ``--preset quick``, ``--out DIR``, ``--address ADDR`` (join a running Ray cluster),
   ``--seed N``; running the same command again resumes or returns the finished run;
 - outputs ``DIR/metrics.csv`` (one row per epoch, column ``epoch``), ``DIR/summary.json``
-  and ``DIR/policy.onnx``; Ray Train keeps one checkpoint directory per epoch and policy
-  under ``DIR/checkpoints/<policy>/``, each holding the trainer's ``meta.json``;
+  and ``DIR/policy.onnx``; one Ray Train run under ``DIR/checkpoints/<run>/`` trains every
+  policy and keeps a checkpoint ``<policy>_epoch_<n>/`` per policy and epoch, holding a
+  directory per policy trained so far, each with the trainer's ``meta.json``;
 - fault injection: ``DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH=<epoch>`` makes the pipeline add
   ``diffpol.trainer.faults.KillWorkerOnce(marker, epoch)`` to the training workers, with
   ``marker`` = ``DIFFPOL_FAULT_MARKER`` (the file it writes when it fires).
@@ -16,6 +17,7 @@ The contract the tests rely on (``python -m diffpol.trainer.main``):
 from __future__ import annotations
 
 import csv
+import fnmatch
 import importlib.util
 import json
 import os
@@ -135,26 +137,39 @@ def pipeline_args(address: str, out: Path, seed: int = 0) -> list[str]:
     return ["--preset", "quick", "--address", address, "--out", str(out), "--seed", str(seed)]
 
 
+def _policy_of(checkpoint_dir_name: str) -> str:
+    return checkpoint_dir_name.rsplit("_epoch_", 1)[0]
+
+
 def checkpoints(out: Path, policy: str = "*") -> list[Path]:
-    """Checkpoint directories in the run's Ray Train storage (they hold meta.json)."""
-    return sorted(p.parent for p in Path(out).glob(f"checkpoints/{policy}/*/meta.json"))
+    """The policy's epoch checkpoints in the run's Ray Train storage: of each
+    ``<policy>_epoch_<n>/`` directory, the ``<policy>/`` state it was reported for (it
+    holds meta.json)."""
+    found = []
+    for report in Path(out).glob(f"checkpoints/*/{policy}_epoch_*"):
+        state = report / _policy_of(report.name)
+        if (state / "meta.json").is_file():
+            found.append(state)
+    return sorted(found)
 
 
 def committed_checkpoints(out: Path, policy: str = "*") -> list[Path]:
-    """Checkpoints Ray Train has registered (listed in its checkpoint_manager_snapshot.json,
-    Ray 2.60's record), not merely written: a rerun can resume only from these."""
+    """Like ``checkpoints``, for the checkpoints Ray Train has registered (listed in its
+    checkpoint_manager_snapshot.json, Ray 2.60's record), not merely written: a rerun can
+    resume only from these."""
     found = []
-    for snapshot in sorted(
-        Path(out).glob(f"checkpoints/{policy}/checkpoint_manager_snapshot.json")
-    ):
+    for snapshot in sorted(Path(out).glob("checkpoints/*/checkpoint_manager_snapshot.json")):
         try:
             results = json.loads(snapshot.read_text()).get("checkpoint_results", [])
         except (OSError, json.JSONDecodeError):
             continue  # being written
         for result in results:
-            directory = snapshot.parent / result["checkpoint_dir_name"]
-            if (directory / "meta.json").is_file():
-                found.append(directory)
+            name = result["checkpoint_dir_name"]
+            if not fnmatch.fnmatchcase(_policy_of(name), policy):
+                continue
+            state = snapshot.parent / name / _policy_of(name)
+            if (state / "meta.json").is_file():
+                found.append(state)
     return found
 
 

@@ -2,6 +2,8 @@
 Lightning inside Ray Train, fed by Ray Data; checkpoints that load without unpickling.
 
 ``train(samples_dir, out_dir, config)`` trains and returns a ``TrainResult``;
+``train_many(samples_dir, {name: PolicyRun(config, out_dir)})`` trains several policies on
+the same samples in one Ray Train run;
 ``load_policy(checkpoint_dir, sampler, steps)`` gives a ``TorchPolicy`` (a
 ``diffpol.contracts.Policy``) whose ``loop`` the sampler component exports to ONNX.
 """
@@ -22,7 +24,7 @@ from diffpol.trainer.modeling import (
 from diffpol.trainer.policy import TorchPolicy, load_policy
 from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
 from diffpol.trainer.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduleConfig
-from diffpol.trainer.training import RunMismatchError, TrainResult, train
+from diffpol.trainer.training import PolicyRun, RunMismatchError, TrainResult, train, train_many
 
 __all__ = [
     "EMA",
@@ -38,6 +40,7 @@ __all__ = [
     "ModelConfig",
     "NoiseScheduleConfig",
     "OptimConfig",
+    "PolicyRun",
     "PolicyType",
     "RegressionLoop",
     "RunMismatchError",
@@ -52,4 +55,5 @@ __all__ = [
     "read_checkpoint",
     "sinusoidal_embedding",
     "train",
+    "train_many",
 ]

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
-from diffpol.trainer import Config, ModelConfig, OptimConfig, TrainConfig, train
+from diffpol.trainer import (
+    Config,
+    ModelConfig,
+    OptimConfig,
+    PolicyRun,
+    TrainConfig,
+    read_checkpoint,
+    train,
+    train_many,
+)
 from diffpol.trainer.faults import KillWorkerOnce, RecordTrainingStarts
 from diffpol.trainer.synthetic import bimodal_samples, write_samples
 
@@ -32,3 +42,38 @@ def test_a_killed_worker_resumes_and_every_epoch_is_recorded_once(ray_local, tmp
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert [int(r["global_step"]) for r in rows] == [3, 6, 9]  # 300 train rows / 100
     assert result.epochs_completed == 3
+
+
+def test_a_worker_killed_in_a_later_policy_resumes_it_without_retraining_the_first(
+    ray_local, tmp_path
+):
+    obs, action = bimodal_samples(400, seed=6)
+    samples = write_samples(tmp_path / "samples", obs, action, val_fraction=0.25)
+    base = Config(
+        model=ModelConfig(n_obs_steps=1, horizon=1, hidden_width=16, depth=1),
+        optim=OptimConfig(warmup_steps=1),
+        train=TrainConfig(epochs=2, batch_size=100, max_failures=1, keep_checkpoints=1),
+    )
+    bc = dataclasses.replace(base, model=dataclasses.replace(base.model, policy_type="bc"))
+    marker = tmp_path / "killed"
+    starts = {name: tmp_path / f"starts-{name}" for name in ("bc", "diffusion")}
+    results = train_many(
+        samples,
+        {
+            "bc": PolicyRun(bc, tmp_path / "bc", (RecordTrainingStarts(starts["bc"]),)),
+            "diffusion": PolicyRun(
+                base,
+                tmp_path / "diffusion",
+                (RecordTrainingStarts(starts["diffusion"]), KillWorkerOnce(marker, epoch=1)),
+            ),
+        },
+    )
+    assert marker.exists(), "the worker was never killed"
+    # The restarted worker skipped the finished policy and resumed the second at epoch 1.
+    assert starts["bc"].read_text().split() == ["0"]
+    assert starts["diffusion"].read_text().split() == ["0", "1"]
+    for name, result in results.items():
+        assert result.epochs_completed == 2, name
+        with open(result.metrics_csv) as f:
+            assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1], name
+        assert read_checkpoint(result.checkpoint_dir).config.model.policy_type == name

@@ -2,15 +2,16 @@
 
 collect (rollout) -> preprocess -> train (diffusion + BC + seed-tutorial baselines) ->
 export (sampler: DDIM as one ONNX graph) -> evaluate (evaluator, in process and through the
-gRPC sampler) -> report. The baselines train concurrently with the diffusion policy where
-the cluster has room (``train_policies``). Every stage is resumable: running the same
+gRPC sampler) -> report. The baselines train after the diffusion policy in the same Ray
+Train run (``train_policies``). Every stage is resumable: running the same
 command again reuses a complete dataset and samples, resumes training from the latest
 checkpoint (or returns a finished run) and redoes only the cheap stages after it.
 
 ``OUT`` holds::
 
     policy.onnx      the exported sampler (the artifact users serve)
-    checkpoints/     Ray Train storage: a checkpoint every epoch, per policy
+    checkpoints/     Ray Train storage: a checkpoint every epoch of every policy, each
+                     holding every policy trained so far
     metrics.csv      the diffusion policy's metrics, one row per epoch
     plots/*.png      loss curves, return distributions, example trajectories
     summary.json     eval mean/std/n per policy, stage timings, versions
@@ -32,16 +33,15 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
-from diffpol.trainer.config import Config, ModelConfig, PolicyType, TrainConfig
+from diffpol.trainer.config import Config, ModelConfig, PolicyType
 from diffpol.trainer.faults import kill_worker_from_env
 from diffpol.trainer.presets import Preset
 from diffpol.trainer.ray_session import ray_session
-from diffpol.trainer.training import TrainResult, train
+from diffpol.trainer.training import PolicyRun, TrainResult, train_many
 
 # The baselines the report compares against, trained on the same samples.
 BASELINES: tuple[PolicyType, ...] = ("bc", "seed-tutorial")
@@ -155,58 +155,44 @@ def policy_config(preset: Preset, policy_type: PolicyType, *, seed: int) -> Conf
     return dataclasses.replace(config, model=model, train=train_config)
 
 
+# The Ray Train run (under OUT/checkpoints) that trains every policy of the pipeline.
+TRAIN_RUN_NAME = "policies"
+
+
 def train_policies(
     preset: Preset, samples: Path, out: Path, *, seed: int, callbacks: Sequence[Any] = ()
 ) -> dict[str, TrainResult]:
-    """Train the diffusion policy and the baselines, each its own Ray Train run (own
-    checkpoints, metrics and resume), concurrently as far as the cluster's resources allow.
+    """Train the diffusion policy, then the baselines, in one Ray Train run.
 
-    Each run's fixed cost (controller, worker start-up, Lightning set-up) is mostly waiting
-    and single-threaded, and one worker leaves the other cores idle: on the 2-core dev
-    machine the baselines train while the diffusion policy does. ``callbacks`` go to the
-    diffusion policy's workers.
+    A run's fixed cost (controller, placement group, worker process importing torch and
+    Lightning, dataset and split-coordinator actors: 20-30 s on the 2-core dev machine)
+    is paid once rather than once per policy, and the policies do not fight for the CPUs
+    while they start (benchmarks/RESULTS.md). Each policy keeps its own outputs, metrics
+    and epoch checkpoints. ``callbacks`` go to the diffusion policy's training.
     """
-    configs = {}
+    runs = {}
     for policy_type in ("diffusion", *BASELINES):
         config = policy_config(preset, policy_type, seed=seed)
-        configs[policy_type] = dataclasses.replace(
+        config = dataclasses.replace(
             config,
             train=dataclasses.replace(
-                config.train, storage_path=str(out / "checkpoints"), run_name=policy_type
+                config.train, storage_path=str(out / "checkpoints"), run_name=TRAIN_RUN_NAME
             ),
         )
-    slots = concurrent_runs(preset.config.train, len(configs))
+        runs[policy_type] = PolicyRun(
+            config,
+            out / "train" / policy_type,
+            tuple(callbacks) if policy_type == "diffusion" else (),
+        )
     log(
         "training "
-        + ", ".join(f"{name} ({c.train.epochs} epochs)" for name, c in configs.items())
-        + f": {slots} at a time"
+        + ", then ".join(f"{name} ({run.config.train.epochs} epochs)" for name, run in runs.items())
+        + " in one Ray Train run"
     )
-
-    def run(name: str) -> TrainResult:
-        result = train(
-            samples,
-            out / "train" / name,
-            configs[name],
-            callbacks=callbacks if name == "diffusion" else (),
-        )
+    results = train_many(samples, runs)
+    for name, result in results.items():
         log(f"trained {name}: {result.epochs_completed} epochs")
-        return result
-
-    # Longest first, so the baselines fill the remaining slots while it trains.
-    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="train") as pool:
-        futures = {name: pool.submit(run, name) for name in configs}
-        return {name: future.result() for name, future in futures.items()}
-
-
-def concurrent_runs(train_config: TrainConfig, runs: int) -> int:
-    """How many training runs of this size fit on the connected Ray cluster at once."""
-    import ray
-
-    resources = ray.cluster_resources()
-    fits = resources.get("CPU", 0) // (train_config.workers * train_config.cpus_per_worker)
-    if train_config.gpus > 0:
-        fits = min(fits, resources.get("GPU", 0) // train_config.gpus)
-    return int(max(1, min(runs, fits)))
+    return results
 
 
 def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:

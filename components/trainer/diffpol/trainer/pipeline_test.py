@@ -1,18 +1,17 @@
-"""The pipeline's own logic: the fault-injection hook, run concurrency, report sections."""
+"""The pipeline's own logic: the fault-injection hook, report sections."""
 
 from __future__ import annotations
 
 import pytest
 
 from diffpol.evaluator import compare
-from diffpol.trainer.config import TrainConfig
 from diffpol.trainer.faults import (
     FAULT_MARKER_ENV,
     KILL_WORKER_AT_EPOCH_ENV,
     KillWorkerOnce,
     kill_worker_from_env,
 )
-from diffpol.trainer.pipeline import _section, concurrent_runs
+from diffpol.trainer.pipeline import _section
 
 
 def test_no_fault_is_injected_unless_asked():
@@ -46,13 +45,6 @@ def test_the_fault_hook_kills_at_the_epoch_asked_and_records_in_an_absolute_mark
 def test_a_fault_hook_that_could_never_fire_is_a_clear_error(env, message):
     with pytest.raises(ValueError, match=message):
         kill_worker_from_env(env, epochs=2)
-
-
-def test_training_runs_share_the_cluster_without_waiting_for_resources(ray_local):
-    cpus = int(ray_local.cluster_resources()["CPU"])
-    assert concurrent_runs(TrainConfig(), runs=3) == min(3, cpus)
-    assert concurrent_runs(TrainConfig(cpus_per_worker=cpus), runs=3) == 1
-    assert concurrent_runs(TrainConfig(workers=cpus + 1), runs=3) == 1  # at least one
 
 
 def test_a_report_section_has_one_heading_with_the_tables_details():

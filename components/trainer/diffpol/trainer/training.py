@@ -1,28 +1,39 @@
-"""``train()``: preprocess output in, trained checkpoint + metrics out, on Ray Train.
+"""``train()``: preprocess output in, trained checkpoint + metrics out, on Ray Train;
+``train_many()``: several policies on the same samples, one after the other in one Ray
+Train run (a run's start-up, ~20-30 s of actor and process start on the 2-core dev machine,
+is paid once instead of once per policy: benchmarks/RESULTS.md).
 
 A run is identified by ``(storage_path, run_name)``. Running the same command again
 resumes it from its latest checkpoint (Ray Train V2 restores a run found under the same
-name and storage), or, when every epoch is done, returns the finished result without
-training. A run started with a different model, optimiser, batch size, seed or dataset
-under the same name is refused rather than silently mixed.
+name and storage), or, when every epoch of every policy is done, returns the finished
+results without training. A run started with a different model, optimiser, batch size,
+seed, dataset or set of policies under the same name is refused rather than silently
+mixed.
 
-Outputs in ``out_dir``::
+Outputs in each policy's ``out_dir``::
 
     checkpoint/      the final epoch's checkpoint (see ``checkpoint``), local even when the
                      Ray storage is remote
     metrics.csv      one row per epoch
     loss.png         train / val loss per epoch
     tensorboard/     scalars per epoch (written live by the rank-0 worker)
-    ray_results/     Ray Train's storage (unless ``TrainConfig.storage_path`` says otherwise)
+    ray_results/     Ray Train's storage (unless ``TrainConfig.storage_path`` says otherwise;
+                     with several policies, in the first one's ``out_dir``)
+
+In the storage, each epoch's checkpoint ``<policy>_epoch_<n>/`` holds one directory per
+policy trained so far (``worker.PolicyStates``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +54,7 @@ from diffpol.trainer.metrics import (
     write_metrics_csv,
 )
 from diffpol.trainer.ray_session import ray_session
-from diffpol.trainer.worker import steps_per_epoch, train_loop_per_worker
+from diffpol.trainer.worker import train_loop_per_worker
 
 log = logging.getLogger("diffpol.trainer")
 
@@ -52,8 +63,30 @@ RAY_RESULTS_DIR = "ray_results"
 RUN_IDENTITY_FILE = "diffpol_run.json"
 
 
+# What every policy of one run shares: the run's resources and where Ray Train keeps it.
+RUN_FIELDS = (
+    "workers",
+    "gpus",
+    "cpus_per_worker",
+    "storage_path",
+    "run_name",
+    "max_failures",
+    "keep_checkpoints",
+)
+
+
 class RunMismatchError(ValueError):
     """The run name already holds a run trained with another config or dataset."""
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    """One policy of a training run: what to train, where its outputs go, and extra
+    Lightning callbacks for its training on every worker (pickled to the workers)."""
+
+    config: Config
+    out_dir: Path
+    callbacks: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,7 +120,15 @@ def run_identity(config: Config, dataset_fingerprint: str) -> dict[str, Any]:
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    """What differs between two runs' identities (policy name -> ``run_identity``)."""
+    found = []
+    for name in sorted(set(stored) | set(current)):
+        if not isinstance(stored.get(name), dict) or name not in current:
+            found.append(f"set of policies ({name})")
+            continue
+        was, now = stored[name], current[name]
+        found += [f"{name} {k}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    return found
 
 
 def _storage(storage_path: str):
@@ -100,7 +141,8 @@ def _storage(storage_path: str):
 
 
 def _claim_run(storage_path: str, run_name: str, identity: dict[str, Any]) -> str:
-    """Record the run's identity in its storage, or check it against the recorded one."""
+    """Record the run's identity (policy name -> ``run_identity``) in its storage, or
+    check it against the recorded one."""
     import pyarrow.fs
 
     fs, root = _storage(storage_path)
@@ -123,11 +165,10 @@ def _claim_run(storage_path: str, run_name: str, identity: dict[str, Any]) -> st
     return run_dir
 
 
-def _check_resources(config: Config) -> None:
+def _check_resources(train: TrainConfig) -> None:
     import ray
 
     resources = ray.cluster_resources()
-    train = config.train
     cpus = resources.get("CPU", 0)
     if train.workers * train.cpus_per_worker > cpus:
         raise ValueError(
@@ -187,7 +228,7 @@ def _datasets_to_split(train_config: TrainConfig) -> list[str] | str:
 
 
 def _finished_result(out_dir: Path, config: Config, identity: dict[str, Any]) -> TrainResult | None:
-    """The result of a previous, complete run of the same command, if there is one.
+    """The result of a previous, complete run of the same policy, if there is one.
 
     Its weight files must load too: a final checkpoint damaged after the run (a truncated
     copy, a full disk) is not "finished"; training then restores the run from its Ray
@@ -235,81 +276,137 @@ def train(
 
     ``address``: a Ray cluster to use; None uses the Ray this process is connected to, or
     starts a local one. ``callbacks``: extra Lightning callbacks for every worker (they
-    are pickled to the workers).
+    are pickled to the workers). The policy is named after ``config.train.run_name`` in
+    the run's checkpoints.
 
     Raises ValueError (ContractError, RunMismatchError) for bad inputs, before any training.
     """
     config = config or Config()
-    out_dir = Path(out_dir).resolve()
+    name = config.train.run_name
+    run = PolicyRun(config, Path(out_dir), tuple(callbacks))
+    return train_many(samples_dir, {name: run}, address)[name]
+
+
+def run_settings(configs: Sequence[Config]) -> TrainConfig:
+    """The run-level settings (``RUN_FIELDS``) the policies of one run share."""
+    lead = configs[0].train
+    for config in configs[1:]:
+        differ = [f for f in RUN_FIELDS if getattr(config.train, f) != getattr(lead, f)]
+        if differ:
+            raise ValueError(
+                f"policies trained in one run must share its {', '.join(differ)}: got "
+                + "; ".join(
+                    f"{f} {getattr(lead, f)!r} and {getattr(config.train, f)!r}" for f in differ
+                )
+            )
+    return lead
+
+
+def train_many(
+    samples_dir: str | Path,
+    policies: Mapping[str, PolicyRun],
+    address: str | None = None,
+) -> dict[str, TrainResult]:
+    """Train ``policies`` (name -> ``PolicyRun``) on one preprocess output, in order, in
+    one Ray Train run; see the module doc. Returns one ``TrainResult`` per policy.
+
+    Raises ValueError (ContractError, RunMismatchError) for bad inputs, before any training.
+    """
+    if not policies:
+        raise ValueError("no policies to train")
+    for name in policies:
+        if not name or "/" in name:
+            raise ValueError(f"a policy name must be non-empty without '/', got {name!r}")
+    runs = {
+        name: dataclasses.replace(run, out_dir=Path(run.out_dir).resolve())
+        for name, run in policies.items()
+    }
+    settings = run_settings([run.config for run in runs.values()])
     data = open_training_data(samples_dir)
-    check_model_matches(config.model, data)
-    identity = run_identity(config, data.fingerprint)
-    finished = _finished_result(out_dir, config, identity)
-    if finished is not None:
-        log.info("%s already holds the finished run; nothing to train", out_dir)
-        history = read_checkpoint(finished.checkpoint_dir).meta.history
-        write_metrics_csv(history, finished.metrics_csv)
-        plot_losses(history, finished.loss_plot)
+    identities = {}
+    for name, run in runs.items():
+        check_model_matches(run.config.model, data)
+        identities[name] = run_identity(run.config, data.fingerprint)
+    finished = {
+        name: _finished_result(run.out_dir, run.config, identities[name])
+        for name, run in runs.items()
+    }
+    if all(result is not None for result in finished.values()):
+        for name, result in finished.items():
+            log.info(
+                "%s already holds the finished run of %s; nothing to train", result.out_dir, name
+            )
+            history = read_checkpoint(result.checkpoint_dir).meta.history
+            write_metrics_csv(history, result.metrics_csv)
+            plot_losses(history, result.loss_plot)
         return finished
 
-    storage_path = config.train.storage_path or str(out_dir / RAY_RESULTS_DIR)
-    with ray_session(address), _data_context(config.train.progress_bar):
+    first_out = next(iter(runs.values())).out_dir
+    storage_path = settings.storage_path or str(first_out / RAY_RESULTS_DIR)
+    with ray_session(address), _data_context(settings.progress_bar):
         from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        _check_resources(config)
-        run_path = _claim_run(storage_path, config.train.run_name, identity)
-        info = data.info
-        train_config = config.train
+        _check_resources(settings)
+        run_path = _claim_run(storage_path, settings.run_name, identities)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
-                "config": config.to_json(),
+                "policies": [
+                    {
+                        "name": name,
+                        "config": run.config.to_json(),
+                        "out_dir": str(run.out_dir),
+                        "callbacks": list(run.callbacks),
+                    }
+                    for name, run in runs.items()
+                ],
                 "normalizer": data.samples.normalizer.to_json(),
                 "data": data.describe(),
-                "has_val": info.val.rows > 0,
-                "steps_per_epoch": steps_per_epoch(
-                    info.train.rows, train_config.workers, train_config.batch_size
-                ),
-                "out_dir": str(out_dir),
-                "callbacks": list(callbacks),
+                "has_val": data.info.val.rows > 0,
+                "train_rows": data.info.train.rows,
             },
             scaling_config=ScalingConfig(
-                num_workers=train_config.workers,
-                use_gpu=train_config.gpus > 0,
+                num_workers=settings.workers,
+                use_gpu=settings.gpus > 0,
                 resources_per_worker={
-                    "CPU": train_config.cpus_per_worker,
-                    **(
-                        {"GPU": train_config.gpus / train_config.workers}
-                        if train_config.gpus
-                        else {}
-                    ),
+                    "CPU": settings.cpus_per_worker,
+                    **({"GPU": settings.gpus / settings.workers} if settings.gpus else {}),
                 },
             ),
             run_config=RunConfig(
-                name=train_config.run_name,
+                name=settings.run_name,
                 storage_path=storage_path,
-                checkpoint_config=CheckpointConfig(num_to_keep=train_config.keep_checkpoints),
-                failure_config=FailureConfig(max_failures=train_config.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=settings.max_failures),
             ),
-            datasets=make_ray_datasets(data, seed=train_config.seed),
-            dataset_config=DataConfig(datasets_to_split=_datasets_to_split(train_config)),
+            datasets=make_ray_datasets(data, seed=settings.seed),
+            dataset_config=DataConfig(datasets_to_split=_datasets_to_split(settings)),
         )
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"run {run_path} ended without a checkpoint")
-        final_dir = out_dir / CHECKPOINT_DIR
-        with atomic_directory(final_dir, overwrite=True) as staging:
-            result.checkpoint.to_directory(str(staging))
+        with tempfile.TemporaryDirectory(prefix="diffpol-final-") as tmp:
+            result.checkpoint.to_directory(tmp)
+            for name, run in runs.items():
+                if not (Path(tmp) / name).is_dir():
+                    raise RuntimeError(f"run {run_path}'s last checkpoint has no {name} policy")
+                with atomic_directory(run.out_dir / CHECKPOINT_DIR, overwrite=True) as staging:
+                    shutil.copytree(Path(tmp) / name, staging, dirs_exist_ok=True)
+    return {name: _final_result(run, run_path) for name, run in runs.items()}
+
+
+def _final_result(run: PolicyRun, run_path: str) -> TrainResult:
+    final_dir = run.out_dir / CHECKPOINT_DIR
     contents = read_checkpoint(final_dir)
     verify_checkpoint_files(final_dir)
-    if contents.meta.epochs_completed < config.train.epochs:
+    if contents.meta.epochs_completed < run.config.train.epochs:
         raise RuntimeError(
             f"run {run_path} stopped after {contents.meta.epochs_completed} of "
-            f"{config.train.epochs} epochs"
+            f"{run.config.train.epochs} epochs"
         )
     # Authoritative copies, rebuilt from the checkpoint's history (the worker's live
     # copies need out_dir on a filesystem the workers share).
-    write_metrics_csv(contents.meta.history, out_dir / METRICS_CSV)
-    plot_losses(contents.meta.history, out_dir / LOSS_PLOT)
-    return _result(out_dir, contents, run_path=run_path, already_complete=False)
+    write_metrics_csv(contents.meta.history, run.out_dir / METRICS_CSV)
+    plot_losses(contents.meta.history, run.out_dir / LOSS_PLOT)
+    return _result(run.out_dir, contents, run_path=run_path, already_complete=False)

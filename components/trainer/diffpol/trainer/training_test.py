@@ -14,10 +14,12 @@ from diffpol.trainer import (
     Config,
     ModelConfig,
     OptimConfig,
+    PolicyRun,
     RunMismatchError,
     TrainConfig,
     load_policy,
     train,
+    train_many,
 )
 from diffpol.trainer.checkpoint import LIGHTNING_FILE, META_FILE, POLICY_FILE
 from diffpol.trainer.faults import RecordTrainingStarts
@@ -140,3 +142,20 @@ def test_windows_that_do_not_match_the_model_are_refused(ray_local, samples_dir,
     wrong = dataclasses.replace(CONFIG, model=ModelConfig(n_obs_steps=1, horizon=4))
     with pytest.raises(ValueError, match="n_obs_steps=2, horizon=4"):
         train(samples_dir, tmp_path, wrong)
+
+
+def test_policies_of_one_run_must_share_its_resources(samples_dir, tmp_path):
+    wider = dataclasses.replace(CONFIG, train=dataclasses.replace(CONFIG.train, workers=2))
+    runs = {"a": PolicyRun(CONFIG, tmp_path / "a"), "b": PolicyRun(wider, tmp_path / "b")}
+    with pytest.raises(ValueError, match="must share its workers: got workers 1 and 2"):
+        train_many(samples_dir, runs)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_another_set_of_policies_under_the_same_run_is_refused(first_run, samples_dir, tmp_path):
+    runs = {
+        CONFIG.train.run_name: PolicyRun(CONFIG, first_run.out_dir),
+        "extra": PolicyRun(CONFIG, tmp_path / "extra"),
+    }
+    with pytest.raises(RunMismatchError, match=r"set of policies \(extra\)"):
+        train_many(samples_dir, runs)

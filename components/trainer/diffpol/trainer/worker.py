@@ -1,16 +1,21 @@
 """What runs inside each Ray Train worker: Lightning over this worker's Ray Data shard.
 
-Per epoch, after validation, every worker saves Lightning's training state and rank 0
-adds the policy weights and JSON sidecars; the directory is reported to Ray Train as that
-epoch's checkpoint. After a worker failure (or when the same run is started again) Ray
-Train hands the latest reported checkpoint back, and Lightning resumes from it.
+One Ray Train run trains one or more policies on the same data, one after the other in
+the same worker processes (a run's fixed cost, the controller, worker and dataset actors,
+is paid once). Per epoch, after validation, every worker saves Lightning's training state
+and rank 0 adds the policy weights and JSON sidecars; the run's checkpoint for that epoch
+holds one directory per policy trained so far (see ``PolicyStates``). After a worker
+failure (or when the same run is started again) Ray Train hands the latest checkpoint
+back: finished policies are skipped and the interrupted one resumes in Lightning.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 import warnings
@@ -50,8 +55,48 @@ log = logging.getLogger("diffpol.trainer")
 LIVE_PLOT_INTERVAL_S = 30.0
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}"
+def checkpoint_dir_name(policy: str, epoch: int) -> str:
+    return f"{policy}_epoch_{epoch:04d}"
+
+
+class PolicyStates:
+    """This worker's copy of the run's latest checkpoint: one directory per policy
+    (``checkpoint``'s layout), each the latest state of that policy. Every epoch's report
+    carries all of them, so any one checkpoint restores the whole run; they are small (a
+    Pendulum policy with its optimiser state is ~1 MB)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def restore(self) -> None:
+        """Fill in the checkpoint Ray Train handed this attempt (after a failure or a
+        re-run), if any."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(str(self.root))
+
+    def meta(self, policy: str) -> CheckpointMeta | None:
+        path = self.root / policy / META_FILE
+        if not path.is_file():
+            return None
+        return CheckpointMeta.from_json(json.loads(path.read_text()))
+
+    def lightning_file(self, policy: str) -> Path | None:
+        path = self.root / policy / LIGHTNING_FILE
+        return path if path.is_file() else None
+
+    def replace(self, policy: str, write) -> None:
+        """``write(directory)`` fills a fresh directory that becomes the policy's state."""
+        staging = self.root.parent / f"{policy}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        write(staging)
+        target = self.root / policy
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
 
 
 class EpochCheckpointReporter(pl.Callback):
@@ -59,11 +104,14 @@ class EpochCheckpointReporter(pl.Callback):
 
     def __init__(
         self,
+        policy: str,
+        states: PolicyStates,
         config: Config,
         normalizer: Normalizer,
         data: dict[str, Any],
         out_dir: str | None,
     ) -> None:
+        self.policy, self.states = policy, states
         self.config = config
         self.normalizer = normalizer
         self.data = data
@@ -104,20 +152,22 @@ class EpochCheckpointReporter(pl.Callback):
             history=self.history,
         )
         rank0 = world_rank() == 0
-        with tempfile.TemporaryDirectory(prefix="diffpol-ckpt-") as tmp:
-            directory = Path(tmp)
-            checkpoint = None
-            if rank0:
-                # Replicas are equal: rank 0's state is the run's.
+        checkpoint = None
+        if rank0:
+            # Replicas are equal: rank 0's state is the run's.
+            def write(directory: Path) -> None:
                 trainer.save_checkpoint(directory / LIGHTNING_FILE, weights_only=False)
                 save_policy_weights(directory, pl_module.policy, pl_module.ema.averaged)
                 write_sidecars(directory, self.config, self.normalizer, meta)
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(
-                {k: v for k, v in row.items() if v is not None},
-                checkpoint=checkpoint,
-                checkpoint_dir_name=checkpoint_dir_name(epoch),
-            )
+
+            self.states.replace(self.policy, write)
+            checkpoint = ray.train.Checkpoint.from_directory(self.states.root)
+        # Ray Train copies the directory to the run's storage before report() returns.
+        ray.train.report(
+            {"policy": self.policy, **{k: v for k, v in row.items() if v is not None}},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=checkpoint_dir_name(self.policy, epoch),
+        )
         if rank0:
             self._publish(row)
 
@@ -260,25 +310,10 @@ def _take(columns: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, to
     return {k: v.index_select(0, index) for k, v in columns.items()}
 
 
-def _restored_checkpoint(scratch: Path) -> tuple[Path | None, CheckpointMeta | None]:
-    """The checkpoint Ray Train handed this attempt (after a failure or a re-run), copied
-    to local disk, and its metadata."""
-    import json
-
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None, None
-    local = Path(checkpoint.to_directory(str(scratch / "restored")))
-    meta = CheckpointMeta.from_json(json.loads((local / META_FILE).read_text()))
-    return local / LIGHTNING_FILE, meta
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Trains ``loop_config["policies"]`` in order (each a dict of ``name``, ``config``,
+    ``out_dir``, ``callbacks``); the rest of ``loop_config`` describes the shared data."""
     import ray.train
-    import ray.train.torch
-    from lightning.pytorch.strategies import SingleDeviceStrategy
 
     warnings.filterwarnings("ignore", message="barrier.*using the device under current context")
     # Lightning suggests DataLoader workers; batches come from Ray Data, which has its own.
@@ -296,81 +331,92 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Lightning's start-up banners (GPU/TPU availability, tips) would print twice.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
-    config = Config.from_json(loop_config["config"])
-    normalizer = Normalizer.from_json(loop_config["normalizer"])
-    data = loop_config["data"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    torch.manual_seed(config.train.seed * 7919 + rank)
+    policies = loop_config["policies"]
+    # The run's resources are the same for every policy (``training.run_settings``).
+    cpus = Config.from_json(policies[0]["config"]).train.cpus_per_worker
     # As many intra-op threads as the worker has CPUs. Ray sets OMP_NUM_THREADS for the
     # worker, but torch in Ray Train's training thread still starts one per core: on a
-    # 2-core machine shared with the baselines' workers and the evaluator, that
-    # oversubscription (OpenMP threads spin while they wait) made the default pipeline's
-    # training ~4x slower than the same run alone.
-    torch.set_num_threads(max(1, math.floor(config.train.cpus_per_worker)))
-
+    # 2-core machine shared with the evaluator, that oversubscription (OpenMP threads spin
+    # while they wait) made the default pipeline's training ~4x slower than the same run
+    # alone.
+    torch.set_num_threads(max(1, math.floor(cpus)))
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
     with tempfile.TemporaryDirectory(prefix="diffpol-train-") as tmp:
-        scratch = Path(tmp)
-        ckpt_path, restored = _restored_checkpoint(scratch)
-        if restored is not None:
-            if restored.epochs_completed >= config.train.epochs:
-                if rank == 0:
-                    log.info(
-                        "run already complete (%d of %d epochs); nothing to train",
-                        restored.epochs_completed,
-                        config.train.epochs,
-                    )
-                return
-            if rank == 0:
-                log.info(
-                    "resuming after epoch %d of %d from the latest checkpoint",
-                    restored.epochs_completed,
-                    config.train.epochs,
-                )
+        states = PolicyStates(Path(tmp) / "states")
+        states.restore()
+        for policy in policies:
+            _train_policy(policy, states, train_shard, val_shard, loop_config)
 
-        epochs_done = restored.epochs_completed if restored else 0
-        batch_size = config.train.batch_size
-        train_blocks = ShardBlocks(
-            ray.train.get_dataset_shard("train"),
-            batch_size,
-            shuffle=True,
-            shuffle_buffer_rows=config.train.shuffle_buffer_rows,
-            # A different permutation stream per attempt: a resumed run does not replay.
-            seed=config.train.seed * 7919 + rank + 104_729 * epochs_done,
-            epochs=config.train.epochs - epochs_done,
-        )
-        val_blocks = None
-        if loop_config["has_val"]:
-            val_blocks = ShardBlocks(ray.train.get_dataset_shard("val"), batch_size, shuffle=False)
 
-        module = PolicyLightningModule(
-            config,
-            obs_dim=data["obs_dim"],
-            act_dim=data["act_dim"],
-            normalizer=normalizer,
-            total_steps=loop_config["steps_per_epoch"] * config.train.epochs,
+def _train_policy(
+    policy: dict[str, Any], states: PolicyStates, train_shard, val_shard, loop_config
+) -> None:
+    import ray.train
+    import ray.train.torch
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    name = policy["name"]
+    config = Config.from_json(policy["config"])
+    normalizer = Normalizer.from_json(loop_config["normalizer"])
+    data = loop_config["data"]
+    rank = ray.train.get_context().get_world_rank()
+    restored = states.meta(name)
+    epochs_done = restored.epochs_completed if restored else 0
+    if epochs_done >= config.train.epochs:
+        if rank == 0:
+            log.info("%s: all %d epochs trained; nothing to do", name, config.train.epochs)
+        return
+    if rank == 0 and restored is not None:
+        log.info(
+            "%s: resuming after epoch %d of %d from the latest checkpoint",
+            name,
+            epochs_done,
+            config.train.epochs,
         )
-        reporter = EpochCheckpointReporter(config, normalizer, data, loop_config["out_dir"])
+    torch.manual_seed(config.train.seed * 7919 + rank)
+    batch_size = config.train.batch_size
+    train_blocks = ShardBlocks(
+        train_shard,
+        batch_size,
+        shuffle=True,
+        shuffle_buffer_rows=config.train.shuffle_buffer_rows,
+        # A different permutation stream per attempt: a resumed run does not replay.
+        seed=config.train.seed * 7919 + rank + 104_729 * epochs_done,
+        epochs=config.train.epochs - epochs_done,
+    )
+    val_blocks = None if val_shard is None else ShardBlocks(val_shard, batch_size, shuffle=False)
+    steps = steps_per_epoch(loop_config["train_rows"], world_size(), batch_size)
+    module = PolicyLightningModule(
+        config,
+        obs_dim=data["obs_dim"],
+        act_dim=data["act_dim"],
+        normalizer=normalizer,
+        total_steps=steps * config.train.epochs,
+    )
+    reporter = EpochCheckpointReporter(name, states, config, normalizer, data, policy["out_dir"])
+    with tempfile.TemporaryDirectory(prefix=f"diffpol-{name}-") as scratch:
         trainer = pl.Trainer(
             max_epochs=config.train.epochs,
             accelerator="auto" if config.train.gpus > 0 else "cpu",
             # Each worker trains its replica on its device; gradients are averaged across
             # workers by the module (see ``distributed``), not by a Lightning DDP strategy.
             strategy=SingleDeviceStrategy(device=ray.train.torch.get_device()),
-            callbacks=[reporter, *loop_config.get("callbacks", ())],
+            callbacks=[reporter, *policy["callbacks"]],
             enable_checkpointing=False,
             logger=False,
             enable_progress_bar=config.train.progress_bar and rank == 0,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             **({} if val_blocks is not None else {"limit_val_batches": 0}),
-            default_root_dir=str(scratch),
+            default_root_dir=scratch,
         )
+        lightning_file = states.lightning_file(name) if restored is not None else None
         trainer.fit(
             module,
             train_dataloaders=train_blocks,
             val_dataloaders=val_blocks,
-            ckpt_path=str(ckpt_path) if ckpt_path else None,
+            ckpt_path=str(lightning_file) if lightning_file else None,
             weights_only=True,
         )
 
