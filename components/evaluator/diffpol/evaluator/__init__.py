@@ -1,7 +1,8 @@
 """diffpol's evaluator: one trustworthy, comparable number per policy, and pictures of it.
 
 ``evaluate`` runs policies on the same env seeds in Ray actors (batched envs, one policy
-call per re-plan, receding-horizon action chunks, reproducible noise); ``compare`` adds
+call per re-plan, receding-horizon action chunks, reproducible noise; ``EpisodeWorkers``
+shares one set of actors between calls); ``compare`` adds
 paired differences to the best policy; ``write_outputs`` writes Parquet, JSON, Markdown
 and PNGs. ``python -m diffpol.evaluator.main`` is the command line.
 """
@@ -10,6 +11,7 @@ from diffpol.evaluator.compare import Comparison, ComparisonRow, compare, compar
 from diffpol.evaluator.episodes import ChunkResult, Trajectory, run_chunk
 from diffpol.evaluator.errors import EvaluationConfigError
 from diffpol.evaluator.evaluate import (
+    EpisodeWorkers,
     EvalConfig,
     EvaluationResult,
     PolicyResult,
@@ -42,6 +44,7 @@ __all__ = [
     "ChunkResult",
     "Comparison",
     "ComparisonRow",
+    "EpisodeWorkers",
     "EvalConfig",
     "EvaluationConfigError",
     "EvaluationResult",

@@ -12,6 +12,7 @@ first run's (``replay_matches``), a cheap check that the evaluation is determini
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -139,10 +140,13 @@ def evaluate(
     address: str | None = None,
     record_examples: bool = True,
     progress: bool = False,
+    pool: EpisodeWorkers | None = None,
 ) -> EvaluationResult:
     """Evaluate each policy on the env seeds ``seeds`` (``"0:1000"``, ``range(0, 1000)`` or a
     ``SeedRange``). Policies: spec strings (``random``, ``zero``, ``expert``, a path to an
     ONNX file, ``grpc://HOST:PORT``), ``Policy`` objects, or a mapping of labels to either.
+    ``pool``: started ``EpisodeWorkers`` to run on (instead of actors of this call's own;
+    ``workers`` and ``address`` are then the pool's).
 
     Every argument is checked, and every policy built once and checked against the env,
     before any episode runs; bad input raises ``EvaluationConfigError``.
@@ -159,7 +163,7 @@ def evaluate(
         progress=progress,
     )
     prepared = prepare(config, policies)
-    return run_prepared(prepared)
+    return run_prepared(prepared, pool)
 
 
 def prepare(
@@ -223,14 +227,23 @@ def _check_built(source: PolicySource, policy: Policy, dims: EnvDims) -> None:
         ) from exc
 
 
-def run_prepared(prepared: PreparedEvaluation) -> EvaluationResult:
+def run_prepared(
+    prepared: PreparedEvaluation, pool: EpisodeWorkers | None = None
+) -> EvaluationResult:
+    """Run a prepared evaluation: on ``pool`` (started ``EpisodeWorkers``) when given, else
+    on actors started for this call (none with ``workers=0``, or when no policy can be
+    sent to them)."""
     config = prepared.config
+    if pool is not None:
+        pool.check_matches(prepared)
     needs_ray = config.workers != 0 and len(prepared.driver_only) < len(prepared.sources)
     driver = _DriverRunner(prepared)
-    with _RayPool(prepared, enabled=needs_ray) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None and needs_ray:
+            pool = stack.enter_context(EpisodeWorkers.for_evaluation(prepared))
         results = []
         for source in prepared.sources:
-            use_pool = pool.enabled and source.label not in prepared.driver_only
+            use_pool = pool is not None and source.label not in prepared.driver_only
             results.append(_evaluate_one(prepared, source, pool if use_pool else driver))
     return EvaluationResult(config, prepared.env, prepared.view, prepared.backend, results)
 
@@ -391,51 +404,94 @@ class _DriverRunner(_Runner):
             yield self._worker.run(label, chunk, record_seeds)
 
 
-class _RayPool(_Runner):
-    """Ray actors running chunks; each keeps at most one chunk in flight."""
+class EpisodeWorkers(_Runner):
+    """Ray actors that run episode chunks of one env, each with at most one chunk in flight.
+
+    ``evaluate`` starts its own for each call; start them yourself (``with
+    EpisodeWorkers(env_id, ...) as pool``) and pass ``pool=`` to share them between several
+    ``evaluate`` / ``compare`` calls of the same env, backend and noise seed: each actor is
+    a process that takes seconds to start and to import its policies' libraries (torch, on
+    the 2-core dev machine ~3-5 s), paid once instead of once per call.
+    """
 
     name = "ray"
 
-    def __init__(self, prepared: PreparedEvaluation, *, enabled: bool) -> None:
-        self._prepared = prepared
-        self.enabled = enabled
+    def __init__(
+        self,
+        env_id: str,
+        *,
+        noise_seed: int = 0,
+        workers: int | None = None,
+        backend: str = AUTO_BACKEND,
+        address: str | None = None,
+        max_actors: int | None = None,
+    ) -> None:
+        """``workers``: actors (None: one per CPU of the cluster, at most ``max_actors``).
+        Each takes one CPU, or an equal share of the CPUs free when they start."""
+        check_noise_seed(noise_seed)
+        if _check_workers(workers) == 0:
+            raise EvaluationConfigError("EpisodeWorkers needs at least one worker, got 0")
+        self.env = env_info(env_id)
+        self.backend = resolve_backend(self.env.env_id, backend)
+        self.view = task_view(self.env.env_id)
+        self.noise_seed = noise_seed
+        self._workers, self._address, self._max_actors = workers, address, max_actors
         self._actors: list = []
         self._started_ray = False
 
-    def __enter__(self) -> _RayPool:
-        if not self.enabled:
-            return self
+    @classmethod
+    def for_evaluation(cls, prepared: PreparedEvaluation) -> EpisodeWorkers:
+        """One evaluation's own actors: at most one per chunk."""
+        config = prepared.config
+        return cls(
+            config.env_id,
+            noise_seed=config.noise_seed,
+            workers=config.workers,
+            backend=prepared.backend,
+            address=config.address,
+            max_actors=len(prepared.chunks),
+        )
+
+    def check_matches(self, prepared: PreparedEvaluation) -> None:
+        config = prepared.config
+        mine = (self.env.env_id, self.backend, self.noise_seed)
+        wanted = (prepared.env.env_id, prepared.backend, config.noise_seed)
+        if mine != wanted:
+            raise EvaluationConfigError(
+                f"the EpisodeWorkers run (env, backend, noise seed) {mine}, this evaluation "
+                f"asks for {wanted}: start workers for it, or evaluate without pool="
+            )
+        if not self._actors:
+            raise EvaluationConfigError("the EpisodeWorkers are not started: use them in a with")
+
+    def __enter__(self) -> EpisodeWorkers:
         import ray
 
-        config = self._prepared.config
         if not ray.is_initialized():
             ray.init(
-                address=config.address,
+                address=self._address,
                 include_dashboard=False,
                 log_to_driver=False,
                 runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
             )
             self._started_ray = True
-        count = config.workers
+        count = self._workers
         if count is None:
             count = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        count = max(1, min(count, len(self._prepared.chunks)))
+        if self._max_actors is not None:
+            count = max(1, min(count, self._max_actors))
         # One CPU each, or a share of what is free: an actor that cannot be scheduled would
         # hold its chunk forever.
         free = float(ray.available_resources().get("CPU", 0.0))
         cpus = 1.0 if free >= count else round(max(free, 0.0) / count, 4)
         actor_class = ray.remote(num_cpus=cpus)(_RayChunkWorker)
         self._actors = [
-            actor_class.remote(
-                self._prepared.env, self._prepared.view, self._prepared.backend, config.noise_seed
-            )
+            actor_class.remote(self.env, self.view, self.backend, self.noise_seed)
             for _ in range(count)
         ]
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self.enabled:
-            return
         import ray
 
         for actor in self._actors:
@@ -443,6 +499,7 @@ class _RayPool(_Runner):
         self._actors = []
         if self._started_ray:
             ray.shutdown()
+            self._started_ray = False
 
     def load(self, source: PolicySource) -> None:
         import ray

@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from diffpol.evaluator import EvaluationConfigError, evaluate
-from diffpol.evaluator.testing import PendulumPD, TorchPD
+from diffpol.evaluator import EpisodeWorkers, EvaluationConfigError, evaluate
+from diffpol.evaluator.testing import PendulumPD, PidRecordingPD, TorchPD
 
 
 def reference_returns(policy_factory, env_id, seeds):
@@ -72,6 +72,33 @@ def test_results_do_not_depend_on_worker_count(ray_local):
     assert not np.array_equal(other.policies[0].returns, returns[0])
     clean = evaluate([PendulumPD(n_obs_steps=2, n_action_steps=3)], workers=0, **kwargs)
     assert not np.array_equal(clean.policies[0].returns, returns[0])
+
+
+def test_evaluations_share_started_episode_workers(ray_local, tmp_path):
+    kwargs = dict(
+        env_id="Pendulum-v1", seeds="0:8", chunk_size=4, record_examples=False, backend="gymnasium"
+    )
+    shared, own = tmp_path / "shared", tmp_path / "own"
+
+    def loaded_in(path):
+        pids = set(path.read_text().split())
+        path.unlink()
+        return pids
+
+    with EpisodeWorkers("Pendulum-v1", workers=2, backend="gymnasium") as pool:
+        first = evaluate([PidRecordingPD(shared)], pool=pool, **kwargs)
+        first_pids = loaded_in(shared)
+        second = evaluate({"again": PidRecordingPD(shared)}, pool=pool, **kwargs)
+        assert loaded_in(shared) == first_pids and len(first_pids) == 2
+        with pytest.raises(EvaluationConfigError, match="noise seed"):
+            evaluate([PendulumPD()], pool=pool, **{**kwargs, "noise_seed": 1})
+    alone = evaluate([PidRecordingPD(own)], workers=2, **kwargs)
+    assert not loaded_in(own) & first_pids  # an evaluation of its own starts its own actors
+    assert first.policies[0].ran_in == "ray"
+    np.testing.assert_array_equal(first.policies[0].returns, second["again"].returns)
+    np.testing.assert_array_equal(first.policies[0].returns, alone.policies[0].returns)
+    with pytest.raises(EvaluationConfigError, match="not started"):
+        evaluate([PendulumPD()], pool=pool, **kwargs)
 
 
 class UnpicklablePD(PendulumPD):

@@ -7,6 +7,8 @@ action of a chunk differs, so executing the wrong action of a chunk changes the 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from diffpol.contracts import PolicySpec, draw_noise
@@ -49,6 +51,20 @@ class PendulumPD:
         if self.noise_std:
             actions = actions + self.noise_std * draw_noise(seed, actions.shape)
         return np.clip(actions, -2.0, 2.0).astype(np.float32)
+
+
+class PidRecordingPD(PendulumPD):
+    """``PendulumPD`` that appends the pid of every process that unpickles it (an actor
+    loading it) to the file ``path``, one line each."""
+
+    def __init__(self, path: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.path = str(path)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
 
 
 class MountainCarPump:

@@ -214,45 +214,50 @@ def evaluate_policies(
 ) -> Evaluation:
     import ray
 
-    from diffpol.evaluator import compare
+    from diffpol.evaluator import EpisodeWorkers, compare
     from diffpol.sampler import start_sampler_actor
     from diffpol.trainer.policy import load_policy
 
+    # The sampler first: the episode workers share out the CPUs it leaves free.
     actor, address = start_sampler_actor(onnx_path)
     grpc = f"grpc://{address}"
     ddim = f"diffusion DDIM-{preset.ddim_steps}"
     try:
         log(f"sampler serving {onnx_path.name} at {grpc}")
-        headline, headline_table = compare(
-            {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
-            preset.env_id,
-            preset.eval_seeds,
-            noise_seed=seed,
-            out=eval_dir / "headline",
-            progress=True,
-        )
-        checkpoint = runs["diffusion"].checkpoint_dir
-        policies = {
-            "random": "random",
-            "zero": "zero",
-            "seed-tutorial": load_policy(runs["seed-tutorial"].checkpoint_dir),
-            "BC": load_policy(runs["bc"].checkpoint_dir),
-            "expert": "expert",
-            f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)": load_policy(
-                checkpoint, "ddpm", preset.ddpm_steps
-            ),
-            f"{ddim} (PyTorch)": load_policy(checkpoint, "ddim", preset.ddim_steps),
-            f"{ddim} (ONNX)": str(onnx_path),
-            f"{ddim} (gRPC)": grpc,
-        }
-        side_by_side, side_table = compare(
-            policies,
-            preset.env_id,
-            preset.torch_eval_seeds,
-            noise_seed=seed,
-            out=eval_dir / "side_by_side",
-            progress=True,
-        )
+        # Both comparisons run on one set of episode actors (each a process to start).
+        with EpisodeWorkers(preset.env_id, noise_seed=seed) as pool:
+            headline, headline_table = compare(
+                {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
+                preset.env_id,
+                preset.eval_seeds,
+                noise_seed=seed,
+                out=eval_dir / "headline",
+                progress=True,
+                pool=pool,
+            )
+            checkpoint = runs["diffusion"].checkpoint_dir
+            policies = {
+                "random": "random",
+                "zero": "zero",
+                "seed-tutorial": load_policy(runs["seed-tutorial"].checkpoint_dir),
+                "BC": load_policy(runs["bc"].checkpoint_dir),
+                "expert": "expert",
+                f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)": load_policy(
+                    checkpoint, "ddpm", preset.ddpm_steps
+                ),
+                f"{ddim} (PyTorch)": load_policy(checkpoint, "ddim", preset.ddim_steps),
+                f"{ddim} (ONNX)": str(onnx_path),
+                f"{ddim} (gRPC)": grpc,
+            }
+            side_by_side, side_table = compare(
+                policies,
+                preset.env_id,
+                preset.torch_eval_seeds,
+                noise_seed=seed,
+                out=eval_dir / "side_by_side",
+                progress=True,
+                pool=pool,
+            )
     finally:
         ray.kill(actor, no_restart=True)
     return Evaluation(headline, headline_table, side_by_side, side_table)
