@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -482,8 +483,7 @@ class EpisodeWorkers(_Runner):
             count = max(1, min(count, self._max_actors))
         # One CPU each, or a share of what is free: an actor that cannot be scheduled would
         # hold its chunk forever.
-        free = float(ray.available_resources().get("CPU", 0.0))
-        cpus = 1.0 if free >= count else round(max(free, 0.0) / count, 4)
+        cpus = cpus_per_actor(float(ray.available_resources().get("CPU", 0.0)), count)
         actor_class = ray.remote(num_cpus=cpus)(_RayChunkWorker)
         self._actors = [
             actor_class.remote(self.env, self.view, self.backend, self.noise_seed)
@@ -526,6 +526,15 @@ class EpisodeWorkers(_Runner):
             actor = in_flight.pop(done[0])
             idle.append(actor)
             yield ray.get(done[0])
+
+
+def cpus_per_actor(free: float, count: int) -> float:
+    """One CPU each when ``count`` fit in ``free``, else an equal share, rounded *down* to
+    Ray's resource precision (1e-4): rounded to nearest, 3 actors on 2 free CPUs asked
+    for 0.6667 each, 2.0001 in all, and the third never started (an evaluation that hangs)."""
+    if free >= count:
+        return 1.0
+    return math.floor(max(free, 0.0) / count * 10_000) / 10_000
 
 
 class _RayChunkWorker(_ChunkWorker):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from diffpol.evaluator import EpisodeWorkers, EvaluationConfigError, evaluate
+from diffpol.evaluator.evaluate import cpus_per_actor
 from diffpol.evaluator.testing import PendulumPD, PidRecordingPD, TorchPD
 
 
@@ -99,6 +100,16 @@ def test_evaluations_share_started_episode_workers(ray_local, tmp_path):
     np.testing.assert_array_equal(first.policies[0].returns, alone.policies[0].returns)
     with pytest.raises(EvaluationConfigError, match="not started"):
         evaluate([PendulumPD()], pool=pool, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("free", "count"), [(2.0, 3), (1.0, 3), (2.0, 7), (0.9999, 2), (1.0, 6), (0.0, 2)]
+)
+def test_actors_sharing_the_free_cpus_never_ask_for_more_than_are_free(free, count):
+    share = cpus_per_actor(free, count)
+    assert 0 <= share * count <= free
+    assert free - share * count < count * 1e-4  # the share is no smaller than it must be
+    assert cpus_per_actor(count + 1.0, count) == 1.0
 
 
 class UnpicklablePD(PendulumPD):

@@ -19,14 +19,20 @@ from diffpol.trainer.faults import KillWorkerOnce, RecordTrainingStarts
 from diffpol.trainer.synthetic import bimodal_samples, write_samples
 
 
-def test_a_killed_worker_resumes_and_every_epoch_is_recorded_once(ray_local, tmp_path):
+def small_run(samples_dir, epochs: int):
+    """Samples (400 rows, a quarter held out) and a tiny config that tolerates one failure."""
     obs, action = bimodal_samples(400, seed=5)
-    samples = write_samples(tmp_path / "samples", obs, action, val_fraction=0.25)
+    samples = write_samples(samples_dir, obs, action, val_fraction=0.25)
     config = Config(
         model=ModelConfig(n_obs_steps=1, horizon=1, hidden_width=16, depth=1),
         optim=OptimConfig(warmup_steps=1),
-        train=TrainConfig(epochs=3, batch_size=100, max_failures=1, keep_checkpoints=1),
+        train=TrainConfig(epochs=epochs, batch_size=100, max_failures=1, keep_checkpoints=1),
     )
+    return samples, config
+
+
+def test_a_killed_worker_resumes_and_every_epoch_is_recorded_once(ray_local, tmp_path):
+    samples, config = small_run(tmp_path / "samples", epochs=3)
     marker, starts = tmp_path / "killed", tmp_path / "starts"
     result = train(
         samples,
@@ -47,13 +53,7 @@ def test_a_killed_worker_resumes_and_every_epoch_is_recorded_once(ray_local, tmp
 def test_a_worker_killed_in_a_later_policy_resumes_it_without_retraining_the_first(
     ray_local, tmp_path
 ):
-    obs, action = bimodal_samples(400, seed=6)
-    samples = write_samples(tmp_path / "samples", obs, action, val_fraction=0.25)
-    base = Config(
-        model=ModelConfig(n_obs_steps=1, horizon=1, hidden_width=16, depth=1),
-        optim=OptimConfig(warmup_steps=1),
-        train=TrainConfig(epochs=2, batch_size=100, max_failures=1, keep_checkpoints=1),
-    )
+    samples, base = small_run(tmp_path / "samples", epochs=2)
     bc = dataclasses.replace(base, model=dataclasses.replace(base.model, policy_type="bc"))
     marker = tmp_path / "killed"
     starts = {name: tmp_path / f"starts-{name}" for name in ("bc", "diffusion")}
