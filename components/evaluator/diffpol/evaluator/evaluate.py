@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -55,6 +54,9 @@ from diffpol.evaluator.tasks import TaskView, task_view
 log = logging.getLogger(__name__)
 
 EXAMPLE_KINDS = ("best", "median", "worst")
+# Seconds an episode actor may take to start (a process importing the env and policy
+# libraries: seconds on an idle 2-core machine, tens of seconds on a loaded one).
+ACTOR_START_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -426,9 +428,11 @@ class EpisodeWorkers(_Runner):
         backend: str = AUTO_BACKEND,
         address: str | None = None,
         max_actors: int | None = None,
+        start_timeout_s: float = ACTOR_START_TIMEOUT_S,
     ) -> None:
         """``workers``: actors (None: one per CPU of the cluster, at most ``max_actors``).
-        Each takes one CPU, or an equal share of the CPUs free when they start."""
+        Each reserves one CPU, or none when fewer CPUs are free (``cpus_per_actor``);
+        actors not started within ``start_timeout_s`` are dropped."""
         check_noise_seed(noise_seed)
         if _check_workers(workers) == 0:
             raise EvaluationConfigError("EpisodeWorkers needs at least one worker, got 0")
@@ -437,6 +441,7 @@ class EpisodeWorkers(_Runner):
         self.view = task_view(self.env.env_id)
         self.noise_seed = noise_seed
         self._workers, self._address, self._max_actors = workers, address, max_actors
+        self.start_timeout_s = start_timeout_s
         self._actors: list = []
         self._started_ray = False
 
@@ -481,15 +486,40 @@ class EpisodeWorkers(_Runner):
             count = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if self._max_actors is not None:
             count = max(1, min(count, self._max_actors))
-        # One CPU each, or a share of what is free: an actor that cannot be scheduled would
-        # hold its chunk forever.
         cpus = cpus_per_actor(float(ray.available_resources().get("CPU", 0.0)), count)
         actor_class = ray.remote(num_cpus=cpus)(_RayChunkWorker)
-        self._actors = [
+        actors = [
             actor_class.remote(self.env, self.view, self.backend, self.noise_seed)
             for _ in range(count)
         ]
+        self._actors = self._started(actors)
         return self
+
+    def _started(self, actors: list) -> list:
+        """The actors that started within ``start_timeout_s``; the others are killed (an
+        actor the cluster cannot place would otherwise hold its chunks forever)."""
+        import ray
+
+        pending = {actor.__ray_ready__.remote(): actor for actor in actors}
+        ready, late = ray.wait(
+            list(pending), num_returns=len(pending), timeout=self.start_timeout_s
+        )
+        for ref in late:
+            ray.kill(pending[ref])
+        if not ready:
+            raise EvaluationConfigError(
+                f"none of {len(actors)} episode actors started within {self.start_timeout_s:g} s: "
+                "the Ray cluster has no room for them (free CPUs, or nodes)"
+            )
+        if late:
+            log.warning(
+                "%d of %d episode actors did not start within %g s; running on %d",
+                len(late),
+                len(actors),
+                self.start_timeout_s,
+                len(ready),
+            )
+        return [pending[ref] for ref in ready]
 
     def __exit__(self, *exc) -> None:
         import ray
@@ -529,12 +559,13 @@ class EpisodeWorkers(_Runner):
 
 
 def cpus_per_actor(free: float, count: int) -> float:
-    """One CPU each when ``count`` fit in ``free``, else an equal share, rounded *down* to
-    Ray's resource precision (1e-4): rounded to nearest, 3 actors on 2 free CPUs asked
-    for 0.6667 each, 2.0001 in all, and the third never started (an evaluation that hangs)."""
-    if free >= count:
-        return 1.0
-    return math.floor(max(free, 0.0) / count * 10_000) / 10_000
+    """One CPU each when ``count`` actors fit in the ``free`` CPUs, else none reserved.
+
+    Not a fractional share: the free CPUs may be spread over nodes in pieces no share fits
+    (3 actors of 0.6666 CPU on two nodes with one free CPU each: the third never started
+    and the pipeline's evaluation hung on a 3-node test cluster). An actor that reserves
+    nothing always starts; it then shares CPUs with whatever holds them."""
+    return 1.0 if free >= count else 0.0
 
 
 class _RayChunkWorker(_ChunkWorker):

@@ -1,5 +1,6 @@
 """End to end through Ray actors: exact agreement with gymnasium, worker-count independence."""
 
+import sys
 import threading
 
 import gymnasium as gym
@@ -102,14 +103,21 @@ def test_evaluations_share_started_episode_workers(ray_local, tmp_path):
         evaluate([PendulumPD()], pool=pool, **kwargs)
 
 
-@pytest.mark.parametrize(
-    ("free", "count"), [(2.0, 3), (1.0, 3), (2.0, 7), (0.9999, 2), (1.0, 6), (0.0, 2)]
-)
-def test_actors_sharing_the_free_cpus_never_ask_for_more_than_are_free(free, count):
-    share = cpus_per_actor(free, count)
-    assert 0 <= share * count <= free
-    assert free - share * count < count * 1e-4  # the share is no smaller than it must be
-    assert cpus_per_actor(count + 1.0, count) == 1.0
+def test_actors_reserve_a_whole_cpu_each_or_none():
+    assert cpus_per_actor(free=2.0, count=2) == 1.0
+    assert cpus_per_actor(free=3.5, count=2) == 1.0
+    assert cpus_per_actor(free=2.0, count=3) == 0.0  # no fractions: they may not fit a node
+    assert cpus_per_actor(free=0.0, count=1) == 0.0
+
+
+def test_episode_actors_the_cluster_cannot_place_are_a_clear_error_not_a_hang(
+    ray_local, monkeypatch
+):
+    module = sys.modules[EpisodeWorkers.__module__]
+    monkeypatch.setattr(module, "cpus_per_actor", lambda free, count: 1000.0)
+    pool = EpisodeWorkers("Pendulum-v1", workers=1, start_timeout_s=3)
+    with pytest.raises(EvaluationConfigError, match="none of 1 episode actors started"):
+        pool.__enter__()
 
 
 class UnpicklablePD(PendulumPD):
