@@ -226,14 +226,22 @@ def evaluate_policies(
         log(f"sampler serving {onnx_path.name} at {grpc}")
         # Both comparisons run on one set of episode actors (each a process to start).
         with EpisodeWorkers(preset.env_id, noise_seed=seed) as pool:
-            headline, headline_table = compare(
+
+            def comparison(policies: dict, seeds: str, part: str):
+                return compare(
+                    policies,
+                    preset.env_id,
+                    seeds,
+                    noise_seed=seed,
+                    out=eval_dir / part,
+                    progress=True,
+                    pool=pool,
+                )
+
+            headline, headline_table = comparison(
                 {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
-                preset.env_id,
                 preset.eval_seeds,
-                noise_seed=seed,
-                out=eval_dir / "headline",
-                progress=True,
-                pool=pool,
+                "headline",
             )
             checkpoint = runs["diffusion"].checkpoint_dir
             policies = {
@@ -249,15 +257,7 @@ def evaluate_policies(
                 f"{ddim} (ONNX)": str(onnx_path),
                 f"{ddim} (gRPC)": grpc,
             }
-            side_by_side, side_table = compare(
-                policies,
-                preset.env_id,
-                preset.torch_eval_seeds,
-                noise_seed=seed,
-                out=eval_dir / "side_by_side",
-                progress=True,
-                pool=pool,
-            )
+            side_by_side, side_table = comparison(policies, preset.torch_eval_seeds, "side_by_side")
     finally:
         ray.kill(actor, no_restart=True)
     return Evaluation(headline, headline_table, side_by_side, side_table)

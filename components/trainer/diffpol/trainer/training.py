@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -336,9 +335,9 @@ def train_many(
             log.info(
                 "%s already holds the finished run of %s; nothing to train", result.out_dir, name
             )
-            history = read_checkpoint(result.checkpoint_dir).meta.history
-            write_metrics_csv(history, result.metrics_csv)
-            plot_losses(history, result.loss_plot)
+            _write_history_outputs(
+                read_checkpoint(result.checkpoint_dir).meta.history, result.out_dir
+            )
         return finished
 
     first_out = next(iter(runs.values())).out_dir
@@ -386,13 +385,13 @@ def train_many(
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"run {run_path} ended without a checkpoint")
-        with tempfile.TemporaryDirectory(prefix="diffpol-final-") as tmp:
-            result.checkpoint.to_directory(tmp)
+        # Local storage is read in place; remote storage is downloaded once.
+        with result.checkpoint.as_directory() as last:
             for name, run in runs.items():
-                if not (Path(tmp) / name).is_dir():
+                if not (Path(last) / name).is_dir():
                     raise RuntimeError(f"run {run_path}'s last checkpoint has no {name} policy")
                 with atomic_directory(run.out_dir / CHECKPOINT_DIR, overwrite=True) as staging:
-                    shutil.copytree(Path(tmp) / name, staging, dirs_exist_ok=True)
+                    shutil.copytree(Path(last) / name, staging, dirs_exist_ok=True)
     return {name: _final_result(run, run_path) for name, run in runs.items()}
 
 
@@ -405,8 +404,12 @@ def _final_result(run: PolicyRun, run_path: str) -> TrainResult:
             f"run {run_path} stopped after {contents.meta.epochs_completed} of "
             f"{run.config.train.epochs} epochs"
         )
-    # Authoritative copies, rebuilt from the checkpoint's history (the worker's live
-    # copies need out_dir on a filesystem the workers share).
-    write_metrics_csv(contents.meta.history, run.out_dir / METRICS_CSV)
-    plot_losses(contents.meta.history, run.out_dir / LOSS_PLOT)
+    _write_history_outputs(contents.meta.history, run.out_dir)
     return _result(run.out_dir, contents, run_path=run_path, already_complete=False)
+
+
+def _write_history_outputs(history: list[dict[str, Any]], out_dir: Path) -> None:
+    """``metrics.csv`` and ``loss.png``: authoritative copies, rebuilt from a checkpoint's
+    history (the worker's live copies need out_dir on a filesystem the workers share)."""
+    write_metrics_csv(history, out_dir / METRICS_CSV)
+    plot_losses(history, out_dir / LOSS_PLOT)

@@ -411,7 +411,7 @@ def _train_policy(
             **({} if val_blocks is not None else {"limit_val_batches": 0}),
             default_root_dir=scratch,
         )
-        lightning_file = states.lightning_file(name) if restored is not None else None
+        lightning_file = states.lightning_file(name)
         trainer.fit(
             module,
             train_dataloaders=train_blocks,
