@@ -1,7 +1,7 @@
 """diffpol's preprocess component: rollout datasets -> normalised, windowed training samples.
 
-``preprocess`` runs the Ray Data pipeline; ``load_samples`` / ``sample_datasets`` read its
-output for the trainer.
+``preprocess`` runs the Ray Data pipeline; ``load_samples`` / ``sample_datasets`` /
+``sample_arrays`` read its output for the trainer.
 """
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ from diffpol.preprocess.samples import (
     SamplesInfo,
     SplitInfo,
     load_samples,
+    sample_arrays,
     sample_datasets,
     unflatten,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "build_windows",
     "load_samples",
     "preprocess",
+    "sample_arrays",
     "sample_datasets",
     "sample_schema",
     "unflatten",

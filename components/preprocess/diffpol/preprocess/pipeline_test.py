@@ -19,6 +19,7 @@ from diffpol.preprocess import (
     load_samples,
     pipeline,
     preprocess,
+    sample_arrays,
     sample_datasets,
     unflatten,
 )
@@ -282,6 +283,11 @@ def test_sample_datasets_reads_both_splits_with_ray(result):
     obs, action = unflatten(batch, result.info)
     assert obs.shape == (8, 3, 3) and action.shape == (8, 5, 1)
     assert obs.dtype == action.dtype == np.float32
+    # The Arrow reader gives the same rows, flat.
+    arrays = sample_arrays(train.take_batch(8, batch_format="pyarrow"))
+    np.testing.assert_array_equal(arrays["obs"], obs.reshape(8, 9))
+    np.testing.assert_array_equal(arrays["action"], action.reshape(8, 5))
+    assert arrays["obs"].dtype == arrays["action"].dtype == np.float32
 
 
 def test_no_validation_split_gives_an_empty_readable_val(ray_local, dataset, tmp_path):

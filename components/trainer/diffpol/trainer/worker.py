@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pyarrow as pa
 import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from diffpol.contracts.normalizer import Normalizer
+from diffpol.preprocess import sample_arrays
 from diffpol.trainer.checkpoint import (
     LIGHTNING_FILE,
     META_FILE,
@@ -213,6 +216,15 @@ class EpochCheckpointReporter(pl.Callback):
             self._tensorboard = None
 
 
+class SampleTensors(ArrowBatchCollateFn):
+    """An Arrow batch of samples as ``obs`` / ``action`` float32 tensors (the other columns
+    are not needed for training). Ray's default conversion handles every column on a pool
+    of threads and took 150-290 ms per 100k-row epoch here, against 35-65 ms for this."""
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(values) for name, values in sample_arrays(batch).items()}
+
+
 class ShardBlocks:
     """Blocks of ``steps_per_block`` minibatches from a Ray Data shard, re-iterable once
     per epoch; the module steps through each block (see ``PolicyLightningModule``).
@@ -267,7 +279,7 @@ class ShardBlocks:
     def _open_epoch(self) -> tuple[Iterator[dict[str, torch.Tensor]], dict | None]:
         """An epoch's Ray batches and its first one (the wait for which starts the epoch)."""
         batches = self.shard.iter_torch_batches(
-            batch_size=self.block_rows, dtypes=torch.float32, prefetch_batches=0
+            batch_size=self.block_rows, collate_fn=SampleTensors(), prefetch_batches=0
         )
         batches = iter(batches)
         return batches, next(batches, None)
@@ -276,8 +288,7 @@ class ShardBlocks:
         self._epochs_left -= 1
         opening, self._next_epoch = self._next_epoch, None
         batches, first = opening.result() if opening is not None else self._open_epoch()
-        for batch in itertools.chain([] if first is None else [first], batches):
-            yield {"obs": batch["obs"], "action": batch["action"]}
+        yield from itertools.chain([] if first is None else [first], batches)
         if self._epochs_left > 0 and self._opener is not None:
             self._next_epoch = self._opener.submit(self._open_epoch)
 

@@ -4,9 +4,11 @@ minibatches, shuffled across Ray's batches through the buffer (or in order, for 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
+from diffpol.preprocess import sample_schema
 from diffpol.trainer.worker import ShardBlocks
 
 ROWS, BATCH, STEPS = 300, 4, 8  # blocks of 32 rows
@@ -15,14 +17,20 @@ BLOCK = BATCH * STEPS
 
 @pytest.fixture(scope="module")
 def dataset(ray_local):
-    # Row i carries i in both columns, so pairs and order can be checked.
-    ids = np.arange(ROWS, dtype=np.float32)
-    return ray_local.data.from_numpy(ids).map_batches(
-        lambda b: {
-            "obs": np.repeat(b["data"][:, None, None], 6, axis=2).reshape(-1, 2, 3),
-            "action": b["data"][:, None, None],
-        }
+    # Samples as preprocess writes them; row i carries i in every obs and action value,
+    # so pairs and order can be checked.
+    ids = np.arange(ROWS)
+    values = ids.astype(np.float32)
+    table = pa.table(
+        {
+            "episode_id": ids // 100,
+            "step": (ids % 100).astype(np.int32),
+            "obs": pa.FixedSizeListArray.from_arrays(np.repeat(values, 6), 6),
+            "action": pa.FixedSizeListArray.from_arrays(values, 1),
+        },
+        schema=sample_schema(n_obs_steps=2, horizon=1, obs_dim=3, act_dim=1),
     )
+    return ray_local.data.from_arrow([table.slice(start, 100) for start in (0, 100, 200)])
 
 
 def _epoch(blocks: ShardBlocks) -> list[dict[str, torch.Tensor]]:
@@ -31,9 +39,12 @@ def _epoch(blocks: ShardBlocks) -> list[dict[str, torch.Tensor]]:
 
 def _ids(epoch) -> list[int]:
     for block in epoch:
-        # obs and action rows stay paired through the buffer.
-        assert torch.equal(block["obs"][:, 0, 0], block["action"][:, 0, 0])
-    return [int(i) for block in epoch for i in block["action"][:, 0, 0]]
+        # Only the training columns, flat float32 rows, obs and action still paired.
+        assert set(block) == {"obs", "action"}
+        assert block["obs"].dtype == block["action"].dtype == torch.float32
+        assert block["obs"].shape[1:] == (6,) and block["action"].shape[1:] == (1,)
+        assert torch.equal(block["obs"], block["action"].expand(-1, 6))
+    return [int(i) for block in epoch for i in block["action"][:, 0]]
 
 
 def test_shuffled_epochs_yield_every_row_once_in_whole_blocks(dataset):
