@@ -1,6 +1,6 @@
 """Preprocess throughput and the shuffle alternatives, measured side by side in one run.
 
-    DIFFPOL_BENCH_SCALE=1.0 /tmp/devtest.sh benchmarks/preprocess_bench_test.py \
+    DIFFPOL_BENCH_SCALE=1.0 ./pants test benchmarks/preprocess_bench_test.py -- \
         --benchmark-only --benchmark-columns=min,mean,max,rounds
 
 Scale 1.0 is ~100k transitions (500 episodes of 200 steps, 25 part files); CI runs a

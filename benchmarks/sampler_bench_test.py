@@ -1,18 +1,19 @@
 """Sampler latency and throughput: PyTorch eager vs the exported ONNX graph, and over gRPC.
 
-    DIFFPOL_BENCH_SCALE=1.0 DIFFPOL_BENCH_OUT=/tmp/sampler-bench \\
-        /tmp/devtest.sh benchmarks/sampler_bench_test.py -q -s
+    DIFFPOL_BENCH_SCALE=1.0 DIFFPOL_BENCH_OUT=OUT_DIR \\
+        ./pants test benchmarks/sampler_bench_test.py -- -q -s
 
 The denoisers are the trainer's ``DiffusionPolicyModel`` (untrained: the latency does not
-depend on the weights) in the trainer's default Pendulum shape (1 observation in, 4
-actions planned, 1 executed). To benchmark a trained model, build its loop in ``_loop``
+depend on the weights) in the trainer's default Pendulum shape (2 observations in, 1
+action planned and executed). To benchmark a trained model, build its loop in ``_loop``
 (e.g. from ``diffpol.trainer.load_policy``). Three architectures:
 
 - REPRESENTATIVE: baseline.md's reference denoiser, 3 x 256 Mish, 64-d time embedding;
-- DEFAULT: the trainer's ModelConfig defaults (3 x 128 ReLU);
-- FAST: the smallest, fastest graph of the trade-off sweep (``test_graph_size_tradeoff``).
+- DEFAULT: the trainer's ModelConfig defaults (3 x 64 ReLU), what the pipeline exports;
+- FAST: the smallest, fastest graph of the trade-off sweep (``test_graph_size_tradeoff``),
+  below the trainer's quality goal.
 
-Goals (checked at DIFFPOL_BENCH_SCALE >= 1 on FAST; the others are reported):
+Goals (checked at DIFFPOL_BENCH_SCALE >= 1 on DEFAULT; the others are reported):
 
 - in process, batch 1: p50 <= 60 us and >= 20x faster than eager PyTorch;
 - over gRPC, batch 1: Sample p50 <= 1.3x the same server's health Check p50;
@@ -229,7 +230,7 @@ def test_batch1_speedup_over_eager(pairs, sampler):
     )
     _latencies[f"{sampler}/onnx/1"] = onnx_us
     _latencies[f"{sampler}/eager/1"] = eager_us
-    if CHECK_GOALS and sampler == "ddim10-fast":
+    if CHECK_GOALS and sampler == "ddim10-default":
         assert onnx_p50 <= GOAL_P50_US, f"p50 {onnx_p50:.1f} us > {GOAL_P50_US} us"
         assert eager_p50 / onnx_p50 >= GOAL_SPEEDUP_BATCH1
 
@@ -256,7 +257,7 @@ def test_batch1024_throughput(pairs, sampler, threads):
         f"\n{sampler} batch 1024, {threads} thread(s): onnx {onnx_rate:,.0f} actions/s, "
         f"eager {eager_rate:,.0f} actions/s: {onnx_rate / eager_rate:.2f}x"
     )
-    if CHECK_GOALS and sampler == "ddim10-fast" and threads == 1:
+    if CHECK_GOALS and sampler == "ddim10-default" and threads == 1:
         assert onnx_rate >= GOAL_THROUGHPUT_RATIO * eager_rate
 
 
@@ -318,7 +319,7 @@ def test_grpc_round_trip_batch1(pairs, sampler, wait_ms):
     )
     key = f"{sampler}/grpc/wait{wait_ms:g}"
     _latencies[key + "/Sample"], _latencies[key + "/Check"] = sample_us, check_us
-    if CHECK_GOALS and sampler == "ddim10-fast" and wait_ms == 0:
+    if CHECK_GOALS and sampler == "ddim10-default" and wait_ms == 0:
         assert quiet_ratio <= GOAL_GRPC_RATIO, f"Sample/Check p50 = {quiet_ratio:.2f}"
 
 
@@ -389,7 +390,7 @@ def test_relu_network_matches_a_trained_default_model(sampler, steps):
 
 # The ReLU-network graph against the traced, slimmed graph it replaces for ReLU loops
 # (export_onnx(..., relu_network=False)): same model, DDIM-10, timed in one run.
-SIDE_BY_SIDE = [(128, 3), (64, 2), (64, 3), (256, 3)]
+SIDE_BY_SIDE = [(64, 3), (64, 2), (128, 3), (256, 3)]
 
 
 def test_relu_network_vs_traced_graph():
@@ -424,7 +425,7 @@ def test_relu_network_vs_traced_graph():
     (OUT / "sampler_relu_network.md").write_text(table + "\n")
     print(f"\n{table}\n(load average {os.getloadavg()[0]:.1f})")
     if CHECK_GOALS:
-        assert faster[128, 3] > 1.0, "the ReLU network is not faster for the trainer default"
+        assert faster[64, 3] > 1.0, "the ReLU network is not faster for the trainer default"
 
 
 # Width x depth x activation x DDIM steps, at batch 1 and 1024 (the trainer's defaults follow).

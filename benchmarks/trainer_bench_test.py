@@ -1,9 +1,9 @@
 """Training ingest: Ray Data + Ray Train + Lightning against a plain PyTorch loop, one run.
 
-    DIFFPOL_BENCH_SCALE=1.0 /tmp/devtest.sh benchmarks/trainer_bench_test.py \
+    DIFFPOL_BENCH_SCALE=1.0 ./pants test benchmarks/trainer_bench_test.py -- \
         --benchmark-only --benchmark-columns=min,mean,max,rounds -s
 
-Both sides train the same model (the default ``ModelConfig``: diffusion, To=2, T=1, 3x128
+Both sides train the same model (the default ``ModelConfig``: diffusion, To=2, T=1, 3x64
 ReLU) with the same batch size, optimiser (``make_optimizer``), LR schedule and EMA update,
 on one CPU thread.
 The Ray side streams its worker's Ray Data shard with ``iter_torch_batches`` (block order

@@ -1,7 +1,7 @@
 """Build a ReLU denoising loop directly as one deep ReLU network: a few fused Gemms per step.
 
 At batch 1 onnxruntime costs ~0.3 us per node whatever the node computes. After
-``graph_affine``'s folding, the traced DDIM loop of the trainer's 3 x 128 ReLU denoiser
+``graph_affine``'s folding, the traced DDIM loop of a 3 x 128 ReLU denoiser
 still has ~9 nodes per step: the layers, the clip of the x0 estimate and the scheduler's
 affine update. For a ReLU MLP the whole unrolled loop is itself a ReLU network:
 
@@ -21,7 +21,7 @@ affine update. For a ReLU MLP the whole unrolled loop is itself a ReLU network:
 
 Each step is then ``depth`` Gemm+Relu pairs (+1, and one small Gemm, when x0 is
 clipped), which onnxruntime fuses into one ``FusedGemm`` each at its extended
-optimisation level. On the trainer's default (3 x 128, clipped x0 prediction, DDIM-10)
+optimisation level. On a 3 x 128 model (clipped x0 prediction, DDIM-10)
 that is 5 nodes per step instead of ~9, and batch-1 latency 52 -> 42 us against the
 traced graph, with batch-1024 throughput no lower (benchmarks/sampler_bench_test.py).
 The values are the loop's up to float rounding (the products are formed in float64 and

@@ -34,10 +34,10 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # 115 epochs of the 450 training episodes: 40k steps at batch 256. In the trainer's
-    # study (components/trainer/README.md) 40k steps scored -140.7 and 80k -139.6 (DDIM-10,
-    # 1000 held-out seeds): doubling the steps buys one point for twice the time.
-    "default": Preset(config=Config(train=TrainConfig(epochs=115))),
+    # 160 epochs of the 450 training episodes: 56k steps at batch 256. The 3x64 model
+    # scored -142.0 after 115 epochs and -140.4 after 160 (DDIM-10, 1000 held-out seeds;
+    # benchmarks/RESULTS.md); 3x128 reached -140.2 to -140.7 in 115.
+    "default": Preset(config=Config(train=TrainConfig(epochs=160))),
     "quick": Preset(
         episodes=24,
         rollout_actors=1,
