@@ -64,12 +64,19 @@ def expected_sha256(scope: str) -> str:
 
 
 def run(*argv: str | Path) -> None:
-    subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL)
+    # pip (run directly or by pex) reads no configuration files and no PIP_* variables: the
+    # pinned requirements alone decide what is downloaded, whatever the machine's pip.conf says.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def pip_download(requirements: Path, dest: Path, *target: str) -> None:
+    # Without pip configuration the CA bundle is named explicitly (the launcher sets it).
+    ca_certs = os.environ.get("PANTS_CA_CERTS_PATH")
     run(
         sys.executable, "-m", "pip", "download", "-qq", "--disable-pip-version-check",
+        *(["--cert", ca_certs] if ca_certs else []),
         "--require-hashes", "--only-binary=:all:", "--no-deps", *target,
         "-r", requirements, "-d", dest,
     )  # fmt: skip
