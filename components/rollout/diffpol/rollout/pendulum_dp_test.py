@@ -82,17 +82,12 @@ def test_experts_swing_up_and_balance_in_gymnasium():
     assert (dp > -400).all()
 
 
-def test_expert_is_the_dp_expert_and_fast():
-    import time
-
+def test_expert_is_the_dp_expert():
+    # Its speed is measured by benchmarks/rollout_bench_test.py, not asserted here.
     policy = make_policy("expert", "Pendulum-v1", grid=120)
     assert policy.name == "expert-dp" and policy.params["grid"] == 120
     obs = np.random.default_rng(0).uniform(-1, 1, (4096, 1, 3)).astype(np.float32)
     obs[:, 0, 2] *= 8
-    policy.act(obs)
-    start = time.perf_counter()
-    for _ in range(10):
-        actions = policy.act(obs)
-    rate = 10 * len(obs) / (time.perf_counter() - start)
+    actions = policy.act(obs)
     assert actions.shape == (4096, 1, 1) and np.abs(actions).max() <= 2
-    assert rate > 200_000, f"{rate:.0f} actions/s"
+    np.testing.assert_array_equal(policy.act(obs), actions)  # deterministic

@@ -107,8 +107,8 @@ class SamplerServer:
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
         self._terminated = threading.Event()
-        # Written by the loop thread, except "reloads" (under _reload_lock): no lock needed.
-        self._counts = {"requests": 0, "errors": 0, "expired": 0, "reloads": 0}
+        # Written by the loop thread, except the reload counts (under _reload_lock): no lock.
+        self._counts = {"requests": 0, "errors": 0, "expired": 0, "reloads": 0, "failed_reloads": 0}
         self._batcher: MicroBatcher | None = None
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
@@ -249,7 +249,11 @@ class SamplerServer:
         """
         with self._reload_lock:
             target = Path(path).resolve() if path is not None else self._model_path
-            loaded = self._load(target)
+            try:
+                loaded = self._load(target)
+            except Exception:
+                self._counts["failed_reloads"] += 1
+                raise
             model, previous = loaded.model, self.model
             self._loaded, self._model_path = loaded, target
             self._counts["reloads"] += 1
@@ -300,7 +304,8 @@ class SamplerServer:
         )
 
     def stats(self) -> dict[str, int]:
-        """Counters since start (requests, errors, expired, reloads, batch_*) and the pid."""
+        """Counters since start (requests, errors, expired, reloads, failed_reloads, batch_*)
+        and the pid."""
         counts = dict(self._counts, pid=os.getpid())
         if self._batcher is not None:
             counts |= {f"batch_{k}": v for k, v in self._batcher.stats.as_dict().items()}
