@@ -1,0 +1,150 @@
+"""Component boundaries: product code imports other components only through the contracts.
+
+Each component (``components/<name>``) may import its own package, ``diffpol.contracts`` and
+``diffpol.v1`` (the contracts distribution) and the shared cores listed in ``SHARED``.
+Anything else is a boundary crossing. The crossings that exist today are listed in
+``KNOWN_CROSSINGS``, each with the reason it still exists; the list may only shrink: a new
+crossing fails, and so does a listed one that no longer exists (delete its line).
+Tests and test helpers are exempt: they may build fixtures from other components.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).absolute().parent.parent
+COMPONENTS = ("rollout", "preprocess", "trainer", "sampler", "evaluator")
+SHARED = ("contracts", "v1")
+# Test-only modules shipped next to product code (they build reference models and fixtures).
+TEST_HELPERS = {"testing.py", "conftest.py"}
+
+# (importing file, imported component package) -> why it still crosses.
+KNOWN_CROSSINGS = {
+    (
+        "components/rollout/diffpol/rollout/policies.py",
+        "sampler",
+    ): "rollout's 'onnx:'/'grpc:' data policies run the sampler's OnnxPolicy and client",
+    (
+        "components/trainer/diffpol/trainer/data.py",
+        "preprocess",
+    ): "the samples format (columns, schema, reader) lives in preprocess, not the contracts",
+    (
+        "components/trainer/diffpol/trainer/synthetic.py",
+        "preprocess",
+    ): "the samples format lives in preprocess, not the contracts",
+    (
+        "components/trainer/diffpol/trainer/worker.py",
+        "preprocess",
+    ): "the samples format lives in preprocess, not the contracts",
+    (
+        "components/trainer/diffpol/trainer/policy.py",
+        "sampler",
+    ): "the trainer exports its policies with the sampler's export_onnx",
+    (
+        "components/trainer/diffpol/trainer/pipeline.py",
+        "rollout",
+    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
+    (
+        "components/trainer/diffpol/trainer/pipeline.py",
+        "preprocess",
+    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
+    (
+        "components/trainer/diffpol/trainer/pipeline.py",
+        "evaluator",
+    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
+    (
+        "components/trainer/diffpol/trainer/pipeline.py",
+        "sampler",
+    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
+    (
+        "components/evaluator/diffpol/evaluator/envs.py",
+        "rollout",
+    ): "env construction and env specs live in rollout, not in a shared home",
+    (
+        "components/evaluator/diffpol/evaluator/policies.py",
+        "rollout",
+    ): "the evaluator's baseline policies (expert, zero) are rollout's data policies",
+    (
+        "components/evaluator/diffpol/evaluator/policies.py",
+        "sampler",
+    ): "the evaluator runs ONNX policies with the sampler's runtime and client",
+}
+
+
+def imported_diffpol_packages(path: Path) -> set[str]:
+    """The second name of every ``diffpol.<name>`` module the file imports, anywhere in it."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "diffpol" and len(parts) > 1:
+                names.add(parts[1])
+    return names
+
+
+def product_files(component: str) -> list[Path]:
+    root = REPO / "components" / component / "diffpol" / component
+    return sorted(
+        p
+        for p in root.rglob("*.py")
+        if not p.name.endswith("_test.py") and p.name not in TEST_HELPERS
+    )
+
+
+def crossings() -> set[tuple[str, str]]:
+    found = set()
+    for component in COMPONENTS:
+        allowed = {component, *SHARED}
+        for path in product_files(component):
+            for package in imported_diffpol_packages(path) - allowed:
+                found.add((str(path.relative_to(REPO)), package))
+    for path in sorted((REPO / "proto" / "diffpol" / "contracts").rglob("*.py")):
+        if not path.name.endswith("_test.py"):
+            for package in imported_diffpol_packages(path) - set(SHARED):
+                found.add((str(path.relative_to(REPO)), package))
+    return found
+
+
+def test_every_component_is_seen():
+    for component in COMPONENTS:
+        assert product_files(component), f"no product files found for {component}"
+
+
+def test_no_new_boundary_crossing():
+    new = sorted(crossings() - KNOWN_CROSSINGS.keys())
+    assert not new, (
+        "product code imports another component directly; go through diffpol.contracts "
+        "(or move the shared piece there):\n"
+        + "\n".join(f"  {path} imports diffpol.{package}" for path, package in new)
+    )
+
+
+def test_known_crossings_still_exist():
+    gone = sorted(KNOWN_CROSSINGS.keys() - crossings())
+    assert not gone, "these crossings are gone; delete them from KNOWN_CROSSINGS:\n" + "\n".join(
+        f"  {path} -> diffpol.{package}" for path, package in gone
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import diffpol.sampler.runtime", {"sampler"}),
+        ("from diffpol.rollout import envs", {"rollout"}),
+        ("def f():\n    from diffpol.evaluator.plots import plot\n", {"evaluator"}),
+        ("from . import sibling\nimport numpy", set()),
+    ],
+)
+def test_imports_are_found_wherever_they_stand(tmp_path, source, expected):
+    path = tmp_path / "module.py"
+    path.write_text(source)
+    assert imported_diffpol_packages(path) == expected
