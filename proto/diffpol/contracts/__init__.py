@@ -1,7 +1,8 @@
 """diffpol's contracts: protobuf messages (``diffpol.v1``) and what every component derives from them.
 
 Components talk to each other only through these: the Arrow schema of transitions, the
-sampler's tensor encoding, the shared noise stream and the policy interface.
+sampler's tensor encoding, the exported model's metadata, the shared noise stream and the
+policy interface.
 """
 
 from diffpol.contracts.arrow import (
@@ -11,18 +12,22 @@ from diffpol.contracts.arrow import (
     transition_schema,
     validate_batch,
 )
-from diffpol.contracts.errors import ContractError
+from diffpol.contracts.errors import ArtifactError, ContractError
+from diffpol.contracts.model_metadata import METADATA_KEYS, ModelMetadata, read_model_metadata
 from diffpol.contracts.noise import draw_noise, draw_sampler_noise
 from diffpol.contracts.policy import Policy, PolicySpec
 from diffpol.contracts.tensor import numpy_to_tensor, tensor_to_numpy
+from diffpol.contracts.version import CONTRACT_VERSION
 
 __version__ = "0.1.0"
-CONTRACT_VERSION = "diffpol.v1"
 
 __all__ = [
     "CONTRACT_VERSION",
+    "METADATA_KEYS",
     "SCHEMA_VERSION",
+    "ArtifactError",
     "ContractError",
+    "ModelMetadata",
     "Policy",
     "PolicySpec",
     "batch_from_envelope",
@@ -30,6 +35,7 @@ __all__ = [
     "draw_noise",
     "draw_sampler_noise",
     "numpy_to_tensor",
+    "read_model_metadata",
     "tensor_to_numpy",
     "transition_schema",
     "validate_batch",

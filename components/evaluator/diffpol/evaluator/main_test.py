@@ -6,6 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from diffpol.contracts import ModelMetadata
 from diffpol.evaluator.main import main
 
 
@@ -18,8 +19,21 @@ def tiny_onnx(path, env_id="Pendulum-v1", obs_dim=3, act_dim=1):
         [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", 1, obs_dim])],
     )
     model = helper.make_model(graph)
-    for key, value in {"env_id": env_id, "obs_dim": obs_dim, "act_dim": act_dim}.items():
-        model.metadata_props.add(key=key, value=str(value))
+    metadata = ModelMetadata(
+        env_id=env_id,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        n_obs_steps=1,
+        horizon=1,
+        n_action_steps=1,
+        sampler="ddim",
+        steps=1,
+        step_noise_steps=0,
+        model_version="tiny",
+        action_low=(-1.0,) * act_dim,
+        action_high=(1.0,) * act_dim,
+    )
+    helper.set_model_props(model, metadata.to_props())
     onnx.save(model, path)
     return str(path)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from diffpol.contracts import Policy
+from diffpol.contracts import ArtifactError, ModelMetadata, Policy, read_model_metadata
 from diffpol.evaluator.errors import EvaluationConfigError
 
 # rollout's data policies (``diffpol.rollout.policies.make_policy``), default parameters.
@@ -170,14 +170,14 @@ def policy_env_id(source: PolicySource, policy: Policy) -> str | None:
     if isinstance(value, str) and value:
         return value
     metadata = getattr(policy, "metadata", None)
+    if isinstance(metadata, ModelMetadata):
+        return metadata.env_id
     if isinstance(metadata, Mapping):
         value = metadata.get("env_id")
-    else:  # the sampler's ModelMetadata
-        value = getattr(metadata, "env_id", None)
-    if isinstance(value, str) and value:
-        return value
+        if isinstance(value, str) and value:
+            return value
     if source.kind == "onnx":
-        return onnx_metadata(source.target).get("env_id")
+        return onnx_metadata(source.target).env_id
     model_info = getattr(policy, "model_info", None)  # the sampler's gRPC client
     if source.kind == "grpc" and callable(model_info):
         return model_info().env_id or None
@@ -188,26 +188,23 @@ def check_onnx_file(source: PolicySource, env: EnvDims) -> None:
     """Check an ONNX file's diffpol metadata against the env without loading the model."""
     metadata = onnx_metadata(source.target)
     problems = []
-    if metadata.get("env_id") and metadata["env_id"] != env.env_id:
-        problems.append(f"it was exported for env {metadata['env_id']!r}")
+    if metadata.env_id != env.env_id:
+        problems.append(f"it was exported for env {metadata.env_id!r}")
     for key, expected in (("obs_dim", env.obs_dim), ("act_dim", env.act_dim)):
-        if key in metadata and metadata[key] != str(expected):
-            problems.append(f"its {key} is {metadata[key]}, the env's is {expected}")
+        if getattr(metadata, key) != expected:
+            problems.append(f"its {key} is {getattr(metadata, key)}, the env's is {expected}")
     if problems:
         raise EvaluationConfigError(
             f"model {source.target!r} does not fit env {env.env_id!r}: " + "; ".join(problems)
         )
 
 
-def onnx_metadata(path: str) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file; a file that is not ONNX raises with its name."""
-    import onnx
-
+def onnx_metadata(path: str) -> ModelMetadata:
+    """The exported model's metadata; a file that is not a diffpol model raises with its name."""
     try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a non-model file
-        raise EvaluationConfigError(f"{path!r} is not a readable ONNX model: {exc}") from exc
-    return {prop.key: prop.value for prop in model.metadata_props}
+        return read_model_metadata(path)
+    except ArtifactError as exc:
+        raise EvaluationConfigError(str(exc)) from exc
 
 
 def close_policy(policy: Policy) -> None:

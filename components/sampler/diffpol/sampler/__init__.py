@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from diffpol.contracts.model_metadata import ModelMetadata
 from diffpol.sampler.errors import ArtifactError, ExportValidationError, SamplerInputError
-from diffpol.sampler.metadata import ModelMetadata
 from diffpol.sampler.runtime import DEFAULT_MAX_BATCH_SIZE, OnnxPolicy
 
 if TYPE_CHECKING:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from diffpol.contracts import ContractError
+from diffpol.contracts import ArtifactError, ContractError
+
+__all__ = ["ArtifactError", "ExportValidationError", "SamplerInputError", "SamplerRpcError"]
 
 # gRPC status names (grpc.StatusCode members) a bad request maps to; kept as strings so
 # the runtime does not import grpc.
@@ -17,10 +19,6 @@ class SamplerInputError(ContractError):
     def __init__(self, message: str, code: InputErrorCode = "INVALID_ARGUMENT") -> None:
         super().__init__(message)
         self.code: InputErrorCode = code
-
-
-class ArtifactError(ContractError):
-    """A model file that is not a valid diffpol sampler artifact."""
 
 
 class ExportValidationError(ContractError):

@@ -28,10 +28,10 @@ from torch import nn
 
 from diffpol.contracts import PolicySpec
 from diffpol.contracts.atomic import atomic_write_bytes
+from diffpol.contracts.model_metadata import ModelMetadata
 from diffpol.contracts.normalizer import Normalizer
 from diffpol.sampler.errors import ExportValidationError
 from diffpol.sampler.graph_passes import slim as slim_graph
-from diffpol.sampler.metadata import ModelMetadata
 from diffpol.sampler.relu_network import UnsupportedLoop, build_relu_network, describe_relu_loop
 
 log = logging.getLogger(__name__)

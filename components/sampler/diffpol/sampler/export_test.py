@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffpol.contracts import CONTRACT_VERSION, PolicySpec
+from diffpol.contracts.model_metadata import METADATA_KEYS
 from diffpol.sampler import ExportValidationError, OnnxPolicy, export_onnx
 from diffpol.sampler.errors import ArtifactError
-from diffpol.sampler.metadata import METADATA_KEYS
 from diffpol.sampler.testing import ReferenceLoop, pendulum_like_normalizer
 
 

@@ -49,7 +49,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from diffpol.sampler.metadata import ModelMetadata
+from diffpol.contracts.model_metadata import ModelMetadata
 
 OPSET = 18
 # Layers at least this wide do not carry the sample when x0 is clipped (see

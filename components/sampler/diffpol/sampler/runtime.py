@@ -11,8 +11,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from diffpol.contracts import PolicySpec, draw_sampler_noise
+from diffpol.contracts.model_metadata import ModelMetadata
 from diffpol.sampler.errors import ArtifactError, SamplerInputError
-from diffpol.sampler.metadata import ModelMetadata
 from diffpol.sampler.providers import create_session
 
 DEFAULT_MAX_BATCH_SIZE = 4096

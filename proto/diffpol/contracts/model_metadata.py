@@ -1,4 +1,8 @@
-"""The metadata an exported sampler graph carries (ONNX ``metadata_props``), typed."""
+"""The metadata an exported sampler graph carries (ONNX ``metadata_props``), typed.
+
+One reader for every component: the sampler writes it at export and checks it at load, the
+evaluator reads it to check a model file against an env before starting any worker.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from diffpol.contracts import CONTRACT_VERSION, PolicySpec
-from diffpol.sampler.errors import ArtifactError
+from diffpol.contracts.errors import ArtifactError
+from diffpol.contracts.policy import PolicySpec
+from diffpol.contracts.version import CONTRACT_VERSION
 
 _INT_KEYS = (
     "n_obs_steps",
@@ -105,3 +111,15 @@ class ModelMetadata:
         except (ValueError, TypeError) as exc:
             raise ArtifactError(f"{source} has malformed metadata: {exc}") from exc
         return cls(**values)  # type: ignore[arg-type]
+
+
+def read_model_metadata(path: str | Path) -> ModelMetadata:
+    """The metadata of an exported sampler file, read without loading its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a non-model file
+        raise ArtifactError(f"{str(path)!r} is not a readable ONNX model: {exc}") from exc
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    return ModelMetadata.from_props(props, str(path))

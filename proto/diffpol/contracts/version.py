@@ -1,0 +1,3 @@
+"""The version of the contracts every artifact and message names."""
+
+CONTRACT_VERSION = "diffpol.v1"
