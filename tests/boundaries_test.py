@@ -21,56 +21,30 @@ SHARED = ("contracts", "v1")
 # Test-only modules shipped next to product code (they build reference models and fixtures).
 TEST_HELPERS = {"testing.py", "conftest.py"}
 
-# (importing file, imported component package) -> why it still crosses.
+# Crossings that exist today: (importing file, imported component package, why).
+PIPELINE = "the end-to-end pipeline lives in the trainer, not in a component of its own"
+SAMPLES = "the samples format (columns, schema, reader) lives in preprocess, not the contracts"
 KNOWN_CROSSINGS = {
-    (
-        "components/rollout/diffpol/rollout/policies.py",
-        "sampler",
-    ): "rollout's 'onnx:'/'grpc:' data policies run the sampler's OnnxPolicy and client",
-    (
-        "components/trainer/diffpol/trainer/data.py",
-        "preprocess",
-    ): "the samples format (columns, schema, reader) lives in preprocess, not the contracts",
-    (
-        "components/trainer/diffpol/trainer/synthetic.py",
-        "preprocess",
-    ): "the samples format lives in preprocess, not the contracts",
-    (
-        "components/trainer/diffpol/trainer/worker.py",
-        "preprocess",
-    ): "the samples format lives in preprocess, not the contracts",
-    (
-        "components/trainer/diffpol/trainer/policy.py",
-        "sampler",
-    ): "the trainer exports its policies with the sampler's export_onnx",
-    (
-        "components/trainer/diffpol/trainer/pipeline.py",
-        "rollout",
-    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
-    (
-        "components/trainer/diffpol/trainer/pipeline.py",
-        "preprocess",
-    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
-    (
-        "components/trainer/diffpol/trainer/pipeline.py",
-        "evaluator",
-    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
-    (
-        "components/trainer/diffpol/trainer/pipeline.py",
-        "sampler",
-    ): "the end-to-end pipeline lives in the trainer, not in a component of its own",
-    (
-        "components/evaluator/diffpol/evaluator/envs.py",
-        "rollout",
-    ): "env construction and env specs live in rollout, not in a shared home",
-    (
-        "components/evaluator/diffpol/evaluator/policies.py",
-        "rollout",
-    ): "the evaluator's baseline policies (expert, zero) are rollout's data policies",
-    (
-        "components/evaluator/diffpol/evaluator/policies.py",
-        "sampler",
-    ): "the evaluator runs ONNX policies with the sampler's runtime and client",
+    (path, package): why
+    for path, package, why in [
+        ("components/trainer/diffpol/trainer/data.py", "preprocess", SAMPLES),
+        ("components/trainer/diffpol/trainer/synthetic.py", "preprocess", SAMPLES),
+        ("components/trainer/diffpol/trainer/worker.py", "preprocess", SAMPLES),
+        (
+            "components/trainer/diffpol/trainer/policy.py",
+            "sampler",
+            "the trainer exports its policies with the sampler's export_onnx",
+        ),
+        ("components/trainer/diffpol/trainer/pipeline.py", "rollout", PIPELINE),
+        ("components/trainer/diffpol/trainer/pipeline.py", "preprocess", PIPELINE),
+        ("components/trainer/diffpol/trainer/pipeline.py", "evaluator", PIPELINE),
+        ("components/trainer/diffpol/trainer/pipeline.py", "sampler", PIPELINE),
+        (
+            "components/evaluator/diffpol/evaluator/envs.py",
+            "rollout",
+            "env construction and env specs live in rollout, not in a shared home",
+        ),
+    ]
 }
 
 

@@ -1,8 +1,8 @@
 """diffpol's contracts: protobuf messages (``diffpol.v1``) and what every component derives from them.
 
 Components talk to each other only through these: the Arrow schema of transitions, the
-sampler's tensor encoding, the exported model's metadata, the shared noise stream and the
-policy interface.
+sampler's tensor encoding, the exported model's metadata, the shared noise stream, the
+policy interface and the policy specs that name policies.
 """
 
 from diffpol.contracts.arrow import (
@@ -16,12 +16,19 @@ from diffpol.contracts.errors import ArtifactError, ContractError
 from diffpol.contracts.model_metadata import METADATA_KEYS, ModelMetadata, read_model_metadata
 from diffpol.contracts.noise import draw_noise, draw_sampler_noise
 from diffpol.contracts.policy import Policy, PolicySpec
+from diffpol.contracts.policy_specs import (
+    BUILTIN_POLICIES,
+    PolicyRef,
+    build_policy,
+    parse_policy_spec,
+)
 from diffpol.contracts.tensor import numpy_to_tensor, tensor_to_numpy
 from diffpol.contracts.version import CONTRACT_VERSION
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BUILTIN_POLICIES",
     "CONTRACT_VERSION",
     "METADATA_KEYS",
     "SCHEMA_VERSION",
@@ -29,12 +36,15 @@ __all__ = [
     "ContractError",
     "ModelMetadata",
     "Policy",
+    "PolicyRef",
     "PolicySpec",
     "batch_from_envelope",
     "batch_to_envelope",
+    "build_policy",
     "draw_noise",
     "draw_sampler_noise",
     "numpy_to_tensor",
+    "parse_policy_spec",
     "read_model_metadata",
     "tensor_to_numpy",
     "transition_schema",

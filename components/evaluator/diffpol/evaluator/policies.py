@@ -4,27 +4,26 @@ A ``PolicySource`` is what travels to Ray workers: a small, picklable descriptio
 which each worker builds its own policy (an ONNX session or a gRPC channel cannot be
 pickled). A ``Policy`` object given programmatically travels by value (cloudpickle).
 
-The sampler and rollout components are imported only when a policy needs them, so the
-evaluator's core runs without them.
+Specs are parsed, and policies built, by ``diffpol.contracts.policy_specs``: the components
+that implement a kind (rollout's data policies, the sampler's ONNX runtime and client) are
+imported only when a policy of that kind is built.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from diffpol.contracts import ArtifactError, ModelMetadata, Policy, read_model_metadata
+from diffpol.contracts import (
+    ArtifactError,
+    ContractError,
+    ModelMetadata,
+    Policy,
+    read_model_metadata,
+)
+from diffpol.contracts.policy_specs import PolicyRef, build_policy, parse_policy_spec
 from diffpol.evaluator.errors import EvaluationConfigError
-
-# rollout's data policies (``diffpol.rollout.policies.make_policy``), default parameters.
-BUILTIN_POLICIES = ("random", "zero", "expert", "expert-dp", "expert-scripted", "noisy-expert")
-GRPC_PREFIX = "grpc://"
-ONNX_PREFIX = "onnx:"
-_LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
 
 Kind = Literal["builtin", "onnx", "grpc", "object"]
 PolicyInput = str | Policy
@@ -51,17 +50,7 @@ class PolicySource:
     def build(self, env_id: str) -> Policy:
         if self.kind == "object":
             return self.obj
-        if self.kind == "builtin":
-            from diffpol.rollout.policies import make_policy
-
-            return make_policy(self.target, env_id)
-        if self.kind == "onnx":
-            from diffpol.sampler import OnnxPolicy
-
-            return OnnxPolicy(self.target)
-        from diffpol.sampler import SamplerClient
-
-        return SamplerClient(self.target)
+        return build_policy(PolicyRef(self.kind, self.target, self.label), env_id)
 
     def describe(self) -> dict[str, str]:
         if self.kind == "object":
@@ -73,36 +62,13 @@ class PolicySource:
 
 
 def parse_policy(spec: str, label: str | None = None) -> PolicySource:
-    """Parse ``random|zero|expert``, ``grpc://HOST:PORT``, ``[onnx:]PATH.onnx`` and an
-    optional ``LABEL=`` prefix naming it in the outputs (e.g. ``ddim=model.onnx``)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise EvaluationConfigError(f"policy spec must be a non-empty string, got {spec!r}")
-    spec = spec.strip()
-    if label is None and "=" in spec and not Path(spec).exists():
-        head, tail = spec.split("=", 1)
-        if _LABEL.match(head) and tail:
-            label, spec = head, tail
-    label = label or spec
-    if spec in BUILTIN_POLICIES:
-        return PolicySource(label, "builtin", spec)
-    if spec.startswith(GRPC_PREFIX):
-        address = spec[len(GRPC_PREFIX) :]
-        match = _HOST_PORT.match(address)
-        if not match or not 0 < int(match.group("port")) < 65536:
-            raise EvaluationConfigError(
-                f"policy {spec!r}: expected grpc://HOST:PORT with a port in 1..65535"
-            )
-        return PolicySource(label, "grpc", address)
-    path_text = spec[len(ONNX_PREFIX) :] if spec.startswith(ONNX_PREFIX) else spec
-    path = Path(path_text).expanduser()
-    if path.is_file():
-        return PolicySource(label, "onnx", str(path.resolve()))
-    if spec.startswith(ONNX_PREFIX) or path.suffix == ".onnx" or "/" in path_text:
-        raise EvaluationConfigError(f"policy {spec!r}: model file {str(path)!r} does not exist")
-    raise EvaluationConfigError(
-        f"unknown policy {spec!r}: expected a path to an .onnx file, grpc://HOST:PORT, "
-        f"or one of {', '.join(BUILTIN_POLICIES)}"
-    )
+    """Parse a policy spec (``diffpol.contracts.policy_specs``: a built-in name,
+    ``[onnx:]PATH``, ``grpc://HOST:PORT``, with an optional ``LABEL=`` prefix)."""
+    try:
+        ref = parse_policy_spec(spec, label)
+    except ContractError as exc:
+        raise EvaluationConfigError(str(exc)) from None
+    return PolicySource(ref.label, ref.kind, ref.target)
 
 
 def policy_sources(

@@ -43,7 +43,7 @@ def test_noise_max_needs_the_noisy_expert(tmp_path, capsys):
 def test_policy_problems_are_found_before_ray_starts(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DIFFPOL_CACHE_DIR", str(tmp_path / "cache"))
     out = str(tmp_path / "ds")
-    assert "no ONNX file" in _fails(
+    assert "does not exist" in _fails(
         ["--policy", "onnx:/nope.onnx", "--episodes", "2", "--out", out], capsys
     )
     assert "unknown policy 'best'" in _fails(

@@ -18,6 +18,8 @@ spec                what                                                        
 ``grpc://H:P``      a sampler server (``diffpol.sampler.SamplerClient``)          -
 ==================  ===========================================================  ==========
 
+Specs are parsed by ``diffpol.contracts.policy_specs``, which also builds the external ones.
+
 Every policy implements ``diffpol.contracts.Policy`` (``act(obs [B, To, obs_dim], seed)``).
 For rollouts, ``DataPolicy.start`` additionally gives a stepper whose random draws are
 fixed per episode (``plan.episode_rng``), so a retried episode is the same episode.
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from diffpol.contracts import Policy, PolicySpec
+from diffpol.contracts.policy_specs import SPEC_FORMS, build_policy, parse_policy_spec
 from diffpol.rollout.envs import EnvSpec, get_env_spec
 from diffpol.rollout.plan import call_seed, episode_rng
 
@@ -251,16 +254,7 @@ _BEST_EXPERT = {"Pendulum-v1": "expert-dp", "MountainCarContinuous-v0": "expert-
 
 
 def known_policies() -> list[str]:
-    return [
-        "random",
-        "zero",
-        "expert",
-        "expert-dp",
-        "expert-scripted",
-        "noisy-expert",
-        "onnx:PATH",
-        "grpc://HOST:PORT",
-    ]
+    return list(SPEC_FORMS)
 
 
 def _make_expert(name: str, env: EnvSpec, params: dict[str, Any]) -> ControllerPolicy:
@@ -285,13 +279,10 @@ def make_policy(spec: str, env_id: str, **params: Any) -> DataPolicy:
 
     Unknown specs and parameters are errors that list what is accepted."""
     env = get_env_spec(env_id)
-    params = dict(params)
-    if spec.startswith("onnx:") or spec.startswith("grpc://"):
-        if params:
-            raise ValueError(
-                f"policy {spec!r} takes no parameters, got {', '.join(sorted(params))}"
-            )
-        return ExternalPolicy(spec, env, _load_external(spec))
+    ref = parse_policy_spec(spec)
+    if ref.kind != "builtin":
+        return ExternalPolicy(ref.spec, env, build_policy(ref, env_id, **params))
+    spec, params = ref.target, dict(params)
     if spec in ("random", "zero"):
         if params:
             raise ValueError(
@@ -307,21 +298,4 @@ def make_policy(spec: str, env_id: str, **params: Any) -> DataPolicy:
         if expert_name == "noisy-expert" or not expert_name.startswith("expert"):
             raise ValueError(f"noisy-expert needs an expert to perturb, got expert={expert_name!r}")
         return NoisyExpertPolicy(env, _make_expert(expert_name, env, params), noise_max)
-    if spec.startswith("expert"):
-        return _make_expert(spec, env, params)
-    raise ValueError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")
-
-
-def _load_external(spec: str) -> Policy:
-    if spec.startswith("onnx:"):
-        from pathlib import Path
-
-        path = Path(spec[len("onnx:") :])
-        if not path.is_file():
-            raise ValueError(f"policy {spec!r}: no ONNX file at {path}")
-        from diffpol.sampler import OnnxPolicy  # the sampler component; imported on use
-
-        return OnnxPolicy(path)
-    from diffpol.sampler import SamplerClient
-
-    return SamplerClient(spec[len("grpc://") :])
+    return _make_expert(spec, env, params)
