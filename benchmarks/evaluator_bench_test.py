@@ -4,8 +4,8 @@ Goal: 1000 episodes in at most 60 s on a 2-core machine (two Ray actors, one onn
 thread each, one batched ONNX call per env step for a chunk of envs). The episode count is
 scaled by ``DIFFPOL_BENCH_SCALE`` (default 1.0; CI uses a small value).
 
-The model is the sampler component's untrained reference loop at the size of baseline.md's
-reference diffusion policy (3 x 256 MLP, DDIM-10, horizon 4, To = Ta = 1: one call per
+The model is the sampler component's untrained reference loop at a representative
+diffusion-policy size (3 x 256 MLP, DDIM-10, horizon 4, To = Ta = 1: one call per
 step, the most calls an evaluation makes); its actions are arbitrary, its cost is real.
 """
 

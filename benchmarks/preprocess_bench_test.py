@@ -215,7 +215,7 @@ def test_shuffle_alternatives(benchmark, ray_local, dataset, fresh_dir, shuffle_
 def test_random_shuffle_of_in_memory_rows(benchmark, ray_local, settings):
     """The seed tutorial's step: ``random_shuffle`` of 10k small rows from ``from_items``.
 
-    Shows where its 27 s went: Ray's defaults (200 blocks minimum, actor-based hash
+    Shows where its time goes: Ray's defaults (200 blocks minimum, actor-based hash
     shuffle), not the data.
     """
     benchmark.group = "random_shuffle of 10k from_items rows"

@@ -8,7 +8,7 @@ depend on the weights) in the trainer's default Pendulum shape (2 observations i
 action planned and executed). To benchmark a trained model, build its loop in ``_loop``
 (e.g. from ``diffpol.trainer.load_policy``). Three architectures:
 
-- REPRESENTATIVE: baseline.md's reference denoiser, 3 x 256 Mish, 64-d time embedding;
+- REPRESENTATIVE: a reference-size denoiser, 3 x 256 Mish, 64-d time embedding;
 - DEFAULT: the trainer's ModelConfig defaults (3 x 64 ReLU), what the pipeline exports;
 - FAST: the smallest, fastest graph of the trade-off sweep (``test_graph_size_tradeoff``),
   below the trainer's quality goal.

@@ -186,7 +186,8 @@ def test_a_truncated_parquet_part_is_detected_and_a_rerun_repairs_only_it(tmp_pa
 
 
 def test_the_verified_read_of_a_truncated_dataset_names_the_file(tmp_path, undisturbed):
-    """The fingerprint check alone used to say only that some file had changed."""
+    """Regression: the fingerprint check alone says only that some file changed; the
+    verified read names the file."""
     root = tmp_path / "ds"
     shutil.copytree(undisturbed, root)
     victim = data_files(root)[3]
@@ -375,8 +376,8 @@ def test_a_truncated_checkpoint_file_is_named_and_nothing_else_is_lost(trained, 
 
 
 def test_rerunning_training_over_a_truncated_checkpoint_repairs_it(trained, tmp_path):
-    """train() used to return the run as finished after reading only the checkpoint's JSON,
-    keeping the truncated policy.pt."""
+    """Regression: a run counts as finished only if its weights load, so a truncated
+    policy.pt is not kept on the strength of the checkpoint's JSON alone."""
     from diffpol.trainer import train
 
     samples, result, config = trained

@@ -297,7 +297,8 @@ def test_after_fuzzing_the_server_serves_with_flat_memory(server, channel, refer
 
 @pytest.mark.parametrize("payload", [b"\x00", b"\xff\xff\xff", b"\x0a\x05\x0a"])
 def test_undecodable_bytes_are_answered_invalid_argument(channel, payload):
-    """grpcio's generated deserializer used to answer INTERNAL before the servicer ran."""
+    """Regression: undecodable bytes must not reach grpcio's generated deserializer, which
+    answers INTERNAL before the servicer runs."""
     assert undecodable(payload, sampler_pb2.SampleRequest)
     call = channel.unary_unary(SAMPLE_METHOD, request_serializer=None, response_deserializer=None)
     code, details = status_of(call, payload)

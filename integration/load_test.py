@@ -2,8 +2,8 @@
 
 The server runs in its own process with micro-batching on (concurrent requests fuse into
 one onnxruntime call); the clients are ``grpc.aio`` coroutines in this process, one
-channel (TCP connection) each. The model has the representative size of baseline.md's
-denoiser (MLP 3 x 256 Mish, DDIM 10 steps, Pendulum shapes), so the onnxruntime call is a
+channel (TCP connection) each. The model has a representative denoiser size (MLP
+3 x 256 Mish, DDIM 10 steps, Pendulum shapes), so the onnxruntime call is a
 real share of each request.
 
 Bounded form (CI): 1 client for 3 s, then 64 clients for 5 s. ``DIFFPOL_LONG=1``: 10 s

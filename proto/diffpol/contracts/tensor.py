@@ -12,8 +12,8 @@ from diffpol.v1 import sampler_pb2
 # no values, and numpy cannot represent every such shape.
 MAX_TENSOR_DIMS = 32
 MAX_TENSOR_ELEMENTS = 2**31 - 1  # each dimension, and the product of the non-zero ones
-# Below this many values np.fromiter is the fastest copy out of a protobuf repeated field
-# (1.2 vs 6 us for 6 values); above it np.asarray is (2.6 us vs 0.5 ms for 6144).
+# Below this many values np.fromiter is the fastest copy out of a protobuf repeated field;
+# above it np.asarray is (benchmarks/RESULTS.md).
 _FROMITER_MAX = 64
 
 
@@ -60,8 +60,8 @@ def tensor_to_numpy(tensor: sampler_pb2.Tensor, name: str = "tensor") -> np.ndar
 
 # -- wire encoding -----------------------------------------------------------------------
 # Messages holding tensors written straight to protobuf bytes: copying an array into a
-# repeated float field goes through one Python float per value (0.4 ms for 6144 values),
-# while its packed wire form is the array's own little-endian bytes (0.5 us).
+# repeated float field goes through one Python float per value, while its packed wire
+# form is the array's own little-endian bytes (a single copy: benchmarks/RESULTS.md).
 
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
 

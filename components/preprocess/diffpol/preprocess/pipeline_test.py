@@ -56,7 +56,7 @@ def read_split(out_dir: Path, split: str) -> pa.Table:
 
 
 def reference_windows(raw: pa.Table, n_obs_steps: int, horizon: int) -> dict:
-    """A plain per-row loop over the spec (architecture item 4), independent of windows.py."""
+    """A plain per-row loop over the spec (``samples.py``), independent of windows.py."""
     episodes = defaultdict(dict)
     for r in raw.to_pylist():
         label = r["expert_action"] if r["expert_action"] is not None else r["action"]

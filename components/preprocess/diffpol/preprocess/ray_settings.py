@@ -1,15 +1,16 @@
 """Ray Data settings for this pipeline, applied only while it runs.
 
-Ray Data's defaults target large clusters. Measured on the 2-core dev machine (100k
-transitions, see the component report), three of them cost more than the work itself:
+Ray Data's defaults target large clusters. On a small machine and inputs of ~100k
+transitions, three of them cost more than the work itself (the measurements are in
+benchmarks/RESULTS.md, "Preprocess"):
 
 - ``use_datasource_v2`` (Parquet reads through ListFiles/ReadFiles): every read starts
-  FooterReader actors, about 5 s per ``read_parquet`` here, against 0.2 s with the V1 reader.
-- the default hash shuffle (``shuffle_v2``) starts aggregator actors: 7-12 s for the
-  group-by over 100k rows, against 0.9 s with the task-based sort shuffle.
-- ``read_op_min_num_blocks=200`` splits small inputs into hundreds of tiny blocks (the
-  seed tutorial's 27 s ``random_shuffle`` over 10k rows is mostly that); two blocks per CPU
-  keep every core busy without the per-block overhead.
+  FooterReader actors, many times slower per ``read_parquet`` than the V1 reader.
+- the default hash shuffle (``shuffle_v2``) starts aggregator actors, many times slower
+  for a group-by over 100k rows than the task-based sort shuffle.
+- ``read_op_min_num_blocks=200`` splits small inputs into hundreds of tiny blocks (most
+  of the seed tutorial's slow ``random_shuffle`` over 10k rows is that); two blocks per
+  CPU keep every core busy without the per-block overhead.
 
 ``DataContext`` is process-global, so the previous values are restored on exit.
 """

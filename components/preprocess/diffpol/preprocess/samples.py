@@ -1,6 +1,6 @@
 """The preprocessed-samples artifact: ``samples.json``, its validation, and readers.
 
-Layout of OUT (architecture item 4)::
+Layout of OUT (the samples contract, docs/architecture.md)::
 
     OUT/samples.json      SamplesInfo: shapes, env, counts, sources, config (written last)
     OUT/normalizer.json   diffpol.contracts.Normalizer

@@ -6,7 +6,7 @@ Backends, per env (``EnvSpec.backends`` lists them, the default first):
   equations and reset seeding, so an episode is bit for bit the one gymnasium produces
   for the same seed and actions, and it is the fastest.
 - ``envpool``: EnvPool's C++ envs. Reset seeds are fixed when a pool is created, so a
-  pool is made per batch of episodes (about 2.5 ms for 256 envs). EnvPool 1.2.5's
+  pool is made per batch of episodes (cheap: benchmarks/RESULTS.md). EnvPool 1.2.5's
   Pendulum-v1 is NOT gymnasium's: it advances the angle with the *unclipped* velocity when
   |theta_dot| would exceed 8 (gymnasium's v1 clips first), so episodes that reach the
   speed limit (expert swing-ups do) differ; it is selectable for Pendulum-v1 but never

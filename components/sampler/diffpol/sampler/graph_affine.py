@@ -1,6 +1,6 @@
 """Fold the affine arithmetic of a sampling loop into its Gemm nodes.
 
-At batch 1 onnxruntime spends a fixed ~0.3 us per node whatever it computes, so the
+At batch 1 onnxruntime spends a fixed time per node whatever it computes, so the
 scalar multiply-adds of each DDIM/DDPM update and the concatenation in front of the first
 layer cost as much as the layers. Three value-preserving rewrites (up to float rounding;
 ``export_onnx`` checks the result against PyTorch) take them into ``Gemm``, which computes
@@ -16,10 +16,10 @@ layer cost as much as the layers. Three value-preserving rewrites (up to float r
    ``s * X + bias`` itself one Gemm against an identity matrix when there is a bias (only
    for widths up to 64, where that product is negligible).
 
-Measured on a 2-layer, 64-wide ReLU DDIM-10 loop: 12 -> 8 nodes per step after
-onnxruntime's own fusions, batch-1 latency 63 -> 41 us; on the trainer's DenoisingLoop
-(which recomputes epsilon from the clipped x0, diffusers-style) 16 -> 9 nodes per step.
-ReLU MLP loops of the trainer's form no longer come here: ``relu_network`` builds them
+On a 2-layer, 64-wide ReLU DDIM-10 loop the rewrites leave 8 nodes per step instead of
+12 after onnxruntime's own fusions (the latency is in benchmarks/RESULTS.md); on the
+trainer's DenoisingLoop (which recomputes epsilon from the clipped x0, diffusers-style), 9
+instead of 16. ReLU MLP loops of the trainer's form do not come here: ``relu_network`` builds them
 directly as one ReLU network, ``depth`` (+1 with a clipped x0) fused Gemms per step.
 """
 

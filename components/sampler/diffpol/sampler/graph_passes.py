@@ -16,9 +16,9 @@ plumbing is a large share of the latency. The passes here are generic and value-
 - nodes and initializers nothing uses are dropped;
 - Mish, ``x * tanh(softplus(x))`` (softplus as an op or as relu(x) + log(1 + exp(-|x|))),
   is rewritten as ``x * (1 - 2 / ((1 + e^x)^2 + 1))``, the
-  same function from vectorised ops. onnxruntime's Softplus is a scalar loop: on a
-  [1024, 256] tensor it took 7.3 ms against 0.29 ms for the rewrite (and 9 vs 7.5 us at
-  batch 1); values agree to 2e-6 over [-100, 100]. For large x, e^x overflows to inf and
+  same function from vectorised ops. onnxruntime's Softplus is a scalar loop, many times
+  slower on a [1024, 256] tensor than the rewrite (benchmarks/RESULTS.md); values agree
+  to 2e-6 over [-100, 100]. For large x, e^x overflows to inf and
   the expression goes to x, as Mish does.
 
 onnxruntime repeats some of this when it loads the model, but it cannot merge the shape

@@ -188,7 +188,7 @@ class OnnxPolicy:
         With a seed: ``draw_sampler_noise(seed, ...)``, the stream every diffpol sampler
         shares. Without one: fresh noise in the same layout from a per-thread generator
         seeded by the OS (creating a generator per call, as ``draw_sampler_noise(None)``
-        does, costs ~15 us; drawing from a kept one ~1 us).
+        does, costs more than the draw itself: benchmarks/RESULTS.md).
         """
         m = self.metadata
         if seed is not None:

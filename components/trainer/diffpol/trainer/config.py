@@ -28,7 +28,7 @@ class ModelConfig:
     """The policy network and what it sees and predicts.
 
     Pendulum-v1 defaults, chosen by measurement (DP-expert data with exploration noise,
-    DDIM returns over held-out seeds; see the trainer report): two observations (To=2
+    DDIM returns over held-out seeds; see components/trainer/README.md): two observations (To=2
     beat 1 and 3), one predicted action executed per call (T=2 or 4 with Ta=1 scored
     lower: the expert's future actions depend on future noise), a 3 x 64 ReLU MLP (256
     wide did not help, 64 matched 128 with more epochs and its ONNX sampler is 1.5x
@@ -103,7 +103,7 @@ class TrainConfig:
     """One training run: its size, its resources and where it keeps its state."""
 
     # ~70k optimizer steps on 100k Pendulum rows at batch 256: 40k steps scored -140.7 and
-    # 80k -139.6 (DDIM-10, 1000 held-out seeds); a few minutes on 2 idle cores.
+    # 80k -139.6 (DDIM-10, 1000 held-out seeds).
     epochs: int = 200
     batch_size: int = 256
     workers: int = 1

@@ -2,8 +2,8 @@
 their gradients with one flat all-reduce per optimizer step.
 
 Why not Lightning's DDP strategy: its per-step hooks (``manual_backward``, the Lightning
-optimizer's step) cost 0.1-0.5 ms on the 2-core dev machine, 5-15% of a training step of a
-small control policy, and a 40k-parameter model needs no gradient bucketing. Ray Train sets
+optimizer's step) cost a noticeable share of a training step of a small control policy
+(benchmarks/RESULTS.md), and a 40k-parameter model needs no gradient bucketing. Ray Train sets
 up the process group (gloo on CPU, NCCL on GPU) before the training function runs.
 """
 

@@ -40,18 +40,18 @@ class PolicyLightningModule(pl.LightningModule):
     training block is one optimizer step (manual optimization), its gradients averaged
     over the workers (``distributed``).
 
-    Why: Lightning's per-batch bookkeeping (hooks, progress, closure) costs about 0.4-0.5
-    ms on the 2-core dev machine and its per-step hooks 0.1-0.5 ms, against ~2 ms for a
-    whole training step of this small policy. Lightning still runs the epochs, validation,
-    callbacks and progress bar, and checkpoints the optimizer and LR-schedule state; the
-    LR schedule counts the optimizer steps (``optimizer_steps``).
+    Why: Lightning's per-batch bookkeeping (hooks, progress, closure) and its per-step
+    hooks cost a sizeable fraction of a whole training step of this small policy
+    (benchmarks/RESULTS.md, "Measurements behind design choices"). Lightning still runs
+    the epochs, validation, callbacks and progress bar, and checkpoints the optimizer and
+    LR-schedule state; the LR schedule counts the optimizer steps (``optimizer_steps``).
 
     The validation loss is the EMA model's (the weights that get exported), with noise and
     timesteps drawn from a generator seeded per block, so epochs are comparable.
 
     Epoch losses are summed here and read once per epoch (``epoch_losses``) rather than
     passed through ``self.log`` at every step: for a policy this small, ``self.log``'s
-    bookkeeping cost about 2 ms a step, as much as the training step itself.
+    bookkeeping costs as much as the training step itself.
     """
 
     def __init__(
@@ -83,7 +83,7 @@ class PolicyLightningModule(pl.LightningModule):
 
     def _reset(self, split: str) -> None:
         # (loss, rows) per step, summed once per epoch: adding into a running tensor costs
-        # four small ops a step (~60 us here, 3% of a training step).
+        # four small ops a step (a few percent of a training step).
         setattr(self, f"_{split}_losses", [])
 
     def _accumulate(self, split: str, loss: torch.Tensor, rows: int) -> None:

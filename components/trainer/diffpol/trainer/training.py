@@ -1,7 +1,7 @@
 """``train()``: preprocess output in, trained checkpoint + metrics out, on Ray Train;
 ``train_many()``: several policies on the same samples, one after the other in one Ray
-Train run (a run's start-up, ~20-30 s of actor and process start on the 2-core dev machine,
-is paid once instead of once per policy: benchmarks/RESULTS.md).
+Train run (a run's start-up, tens of seconds of actor and process start on a 2-core
+machine, is paid once instead of once per policy: benchmarks/RESULTS.md).
 
 A run is identified by ``(storage_path, run_name)``. Running the same command again
 resumes it from its latest checkpoint (Ray Train V2 restores a run found under the same
@@ -218,11 +218,11 @@ def _data_context(progress: bool) -> Iterator[None]:
 
 def _datasets_to_split(train_config: TrainConfig) -> list[str] | str:
     """Split every dataset among several workers. A single worker reads the validation
-    set whole, which spares the run that split's coordinator actor (a process, ~3 s of
-    start-up on 2 cores); the training set stays split even then, because its coordinator
-    runs Ray Data's executor outside the training process: unsplit, the executor's thread
-    shares the worker's GIL, and ingest measured 79-84% of the plain loop instead of
-    86-87% (benchmarks/trainer_bench_test.py, alternating runs in one session)."""
+    set whole, which spares the run that split's coordinator actor (a process to start);
+    the training set stays split even then, because its coordinator runs Ray Data's
+    executor outside the training process: unsplit, the executor's thread shares the
+    worker's GIL and ingest is slower (benchmarks/trainer_bench_test.py; the numbers are
+    in benchmarks/RESULTS.md)."""
     return "all" if train_config.workers > 1 else ["train"]
 
 

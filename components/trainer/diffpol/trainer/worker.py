@@ -196,7 +196,7 @@ class EpochCheckpointReporter(pl.Callback):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_metrics_csv(self.history, self.out_dir / METRICS_CSV)
-        # Drawing the plot takes ~0.3-0.8 s, a third of a Pendulum epoch: redraw it now
+        # Drawing the plot takes about a third of a Pendulum epoch: redraw it now
         # and then (and after the last epoch); the driver redraws it from the final
         # checkpoint in any case.
         now = time.perf_counter()
@@ -219,7 +219,7 @@ class EpochCheckpointReporter(pl.Callback):
 class SampleTensors(ArrowBatchCollateFn):
     """An Arrow batch of samples as ``obs`` / ``action`` float32 tensors (the other columns
     are not needed for training). Ray's default conversion handles every column on a pool
-    of threads and took 150-290 ms per 100k-row epoch here, against 35-65 ms for this."""
+    of threads and is several times slower per epoch (benchmarks/RESULTS.md)."""
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(values) for name, values in sample_arrays(batch).items()}
@@ -230,24 +230,20 @@ class ShardBlocks:
     per epoch; the module steps through each block (see ``PolicyLightningModule``).
 
     Ray Data hands over one block at a time (one ``iter_torch_batches`` batch). Ray Data's
-    and Lightning's costs are per batch (together ~1-8 ms on the 2-core dev machine,
-    against ~1-2 ms for a whole training step of a small control policy at batch 256): 64
-    minibatches a block measured 77-89% of a plain in-memory loop, 16 a block 71-78%
-    (benchmarks/trainer_bench_test.py).
+    and Lightning's costs are per batch, and together they can exceed a whole training
+    step of a small control policy at batch 256, so a block holds 64 minibatches
+    (benchmarks/trainer_bench_test.py; the measurements are in benchmarks/RESULTS.md).
 
     When shuffling, rows pass through a shuffle buffer of ``shuffle_buffer_rows`` kept
     here as tensors: each block is a uniform random draw from the rows buffered so far,
     and every row is yielded exactly once per epoch. Ray Data's own local shuffle buffer
-    (``local_shuffle_buffer_size``) does the same on Arrow tables and cost ~15% of an
-    epoch of a 3x64 model (128-step blocks: 69-73% of the plain loop, 83-89% without a
-    buffer).
-    Batches are converted on this thread (``prefetch_batches=0``): Ray Data's prefetch
-    thread contends for the GIL with the training loop (3x64: 72-87% over three runs with
-    it, 78-80% without).
+    (``local_shuffle_buffer_size``) does the same on Arrow tables at a higher cost per
+    epoch. Batches are converted on this thread (``prefetch_batches=0``): Ray Data's
+    prefetch thread contends for the GIL with the training loop.
 
-    Each epoch's first block waits ~60 ms while Ray Data starts the epoch's execution (~8%
-    of an epoch of a 3x64 model). With ``epochs`` given, the next epoch is started in the
-    background as soon as this one's last Ray batch is in, while the model still trains
+    Each epoch's first block waits while Ray Data starts the epoch's execution (under a
+    tenth of an epoch of a 3x64 model). With ``epochs`` given, the next epoch is started in
+    the background as soon as this one's last Ray batch is in, while the model still trains
     on the buffer's last rows.
     """
 
