@@ -14,7 +14,7 @@ from diffpol.contracts.arrow import (
 )
 from diffpol.contracts.errors import ArtifactError, ContractError
 from diffpol.contracts.model_metadata import METADATA_KEYS, ModelMetadata, read_model_metadata
-from diffpol.contracts.noise import draw_noise, draw_sampler_noise
+from diffpol.contracts.noise import derive_seed, draw_noise, draw_sampler_noise
 from diffpol.contracts.policy import Policy, PolicySpec
 from diffpol.contracts.policy_specs import (
     BUILTIN_POLICIES,
@@ -41,6 +41,7 @@ __all__ = [
     "batch_from_envelope",
     "batch_to_envelope",
     "build_policy",
+    "derive_seed",
     "draw_noise",
     "draw_sampler_noise",
     "numpy_to_tensor",

@@ -1,4 +1,5 @@
-"""The one noise stream every sampler uses, so in-process and remote policies agree exactly."""
+"""The one noise stream every sampler uses, so in-process and remote policies agree exactly,
+and the one way seeds of independent streams are derived from a run's seed."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def draw_sampler_noise(
         shape = (batch, step_noise_steps, horizon, act_dim)
         step_noise = rng.standard_normal(shape, dtype=np.float32)
     return noise, step_noise
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for the stream ``keys`` (e.g. rank, epoch) of a run seeded ``seed``.
+
+    ``SeedSequence`` hashes the keys into well-mixed, independent streams: unlike
+    ``seed * prime + key`` arithmetic, two (seed, keys) pairs never share a stream by
+    accident."""
+    if seed < 0 or any(key < 0 for key in keys):
+        raise ValueError(f"seed and keys must be >= 0, got {seed} and {keys}")
+    state = np.random.SeedSequence(seed, spawn_key=keys).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))

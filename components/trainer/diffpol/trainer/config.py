@@ -7,6 +7,7 @@ checkpoint stores it: loading a checkpoint never unpickles Python objects.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +99,14 @@ class OptimConfig:
         _require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
+class SeedStream(enum.IntEnum):
+    """The random streams of a training run, each derived from ``TrainConfig.seed``."""
+
+    INIT = 0  # model initialisation, per rank
+    SHUFFLE = 1  # the worker's shuffle buffer, per rank and attempt
+    VALIDATION = 2  # diffusion noise of the validation loss, per block
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: its size, its resources and where it keeps its state."""
@@ -110,6 +119,8 @@ class TrainConfig:
     # GPUs for the whole run, spread evenly over the workers; 0 trains on CPU.
     gpus: float = 0
     cpus_per_worker: float = 1
+    # The run's seed; each random stream derives its own (diffpol.contracts.derive_seed with
+    # a SeedStream and e.g. the worker's rank).
     seed: int = 0
     # Ray Train storage (local directory or any pyarrow filesystem URI such as s3://...).
     # None: OUT_DIR/ray_results.

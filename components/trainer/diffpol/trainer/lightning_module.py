@@ -7,8 +7,9 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from diffpol.contracts import derive_seed
 from diffpol.contracts.normalizer import Normalizer
-from diffpol.trainer.config import Config, OptimConfig
+from diffpol.trainer.config import Config, OptimConfig, SeedStream
 from diffpol.trainer.distributed import GradientAverager, all_reduce_sum, broadcast_from_rank0
 from diffpol.trainer.modeling import EMA, build_policy_model
 
@@ -133,7 +134,7 @@ class PolicyLightningModule(pl.LightningModule):
     def validation_step(self, block, block_idx) -> None:
         obs, action = block["obs"], block["action"]
         generator = torch.Generator(device=obs.device)
-        generator.manual_seed(self.config.train.seed * 1_000_003 + block_idx)
+        generator.manual_seed(derive_seed(self.config.train.seed, SeedStream.VALIDATION, block_idx))
         loss = self.ema.averaged.compute_loss(obs, action, generator=generator)
         self._accumulate("val", loss, obs.shape[0])
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from diffpol.contracts import derive_seed
 from diffpol.contracts.normalizer import Normalizer
 from diffpol.preprocess import sample_arrays
 from diffpol.trainer.checkpoint import (
@@ -39,7 +40,7 @@ from diffpol.trainer.checkpoint import (
     save_policy_weights,
     write_sidecars,
 )
-from diffpol.trainer.config import Config
+from diffpol.trainer.config import Config, SeedStream
 from diffpol.trainer.distributed import world_rank, world_size
 from diffpol.trainer.lightning_module import PolicyLightningModule
 from diffpol.trainer.metrics import (
@@ -381,7 +382,7 @@ def _train_policy(
             epochs_done,
             config.train.epochs,
         )
-    torch.manual_seed(config.train.seed * 7919 + rank)
+    torch.manual_seed(derive_seed(config.train.seed, SeedStream.INIT, rank))
     batch_size = config.train.batch_size
     train_blocks = ShardBlocks(
         train_shard,
@@ -389,7 +390,7 @@ def _train_policy(
         shuffle=True,
         shuffle_buffer_rows=config.train.shuffle_buffer_rows,
         # A different permutation stream per attempt: a resumed run does not replay.
-        seed=config.train.seed * 7919 + rank + 104_729 * epochs_done,
+        seed=derive_seed(config.train.seed, SeedStream.SHUFFLE, rank, epochs_done),
         epochs=config.train.epochs - epochs_done,
     )
     val_blocks = None if val_shard is None else ShardBlocks(val_shard, batch_size, shuffle=False)
