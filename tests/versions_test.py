@@ -8,6 +8,7 @@ import pytest
 
 DISTRIBUTIONS = {
     "proto/BUILD": ("diffpol-contracts", "diffpol.contracts"),
+    "core/BUILD": ("diffpol-diffusion", "diffpol.diffusion"),
     **{
         f"components/{c}/BUILD": (f"diffpol-{c}", f"diffpol.{c}")
         for c in ("rollout", "preprocess", "trainer", "sampler", "evaluator")

@@ -30,6 +30,7 @@ from diffpol.contracts import PolicySpec
 from diffpol.contracts.atomic import atomic_write_bytes
 from diffpol.contracts.model_metadata import ModelMetadata
 from diffpol.contracts.normalizer import Normalizer
+from diffpol.diffusion.sampling_loop import SamplingLoop
 from diffpol.sampler.errors import ExportValidationError
 from diffpol.sampler.graph_passes import slim as slim_graph
 from diffpol.sampler.relu_network import UnsupportedLoop, build_relu_network, describe_relu_loop
@@ -66,7 +67,7 @@ class SamplerModule(nn.Module):
 
     def __init__(
         self,
-        loop: nn.Module,
+        loop: SamplingLoop,
         normalizer: Normalizer,
         action_low: Sequence[float],
         action_high: Sequence[float],
@@ -106,7 +107,7 @@ class SamplerModule(nn.Module):
 
 
 def export_onnx(
-    loop: nn.Module,
+    loop: SamplingLoop,
     normalizer: Normalizer,
     action_low: Sequence[float],
     action_high: Sequence[float],
@@ -124,17 +125,17 @@ def export_onnx(
 ) -> Path:
     """Export ``loop`` as one ONNX graph at ``path`` and return the path.
 
-    ``loop`` is duck-typed like ``diffpol.trainer.sampling.DenoisingLoop``:
+    ``loop`` is a ``diffpol.diffusion.SamplingLoop`` nn.Module:
     ``forward(obs_norm [B,To,obs_dim], noise [B,T,act_dim], step_noise [B,K,T,act_dim] | None)
     -> [B,T,act_dim]`` with attributes ``sampler``, ``steps`` and ``step_noise_steps`` (K).
-    The graph is optimised (a ReLU MLP loop is built directly as one ReLU network,
-    ``relu_network``; any other is traced and slimmed, ``graph_passes.slim``; ``slim=False``
-    skips both, ``relu_network=False`` the first), run with onnxruntime on fresh random
-    inputs at ``validate_batch_sizes`` and compared with the PyTorch module; if any action
-    differs by more than ``atol`` (normalised units) an ``ExportValidationError`` is raised
-    and nothing is written. (An optimised graph that fails is logged and the next one
-    tried, down to the plain traced graph, so an optimiser bug costs speed, not the
-    export.)
+    The graph is optimised (a loop whose ``spec`` describes a ReLU MLP denoising loop is
+    built directly as one ReLU network, ``relu_network``; any other is traced and slimmed,
+    ``graph_passes.slim``; ``slim=False`` skips both, ``relu_network=False`` the first), run
+    with onnxruntime on fresh random inputs at ``validate_batch_sizes`` and compared with
+    the PyTorch module; if any action differs by more than ``atol`` (normalised units) an
+    ``ExportValidationError`` is raised and nothing is written. (An optimised graph that
+    fails is logged and the next one tried, down to the plain traced graph, so an
+    optimiser bug costs speed, not the export.)
     """
     metadata = _metadata(
         loop, normalizer, action_low, action_high, spec, horizon, env_id, model_version
@@ -233,7 +234,7 @@ def _annotate(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
 
 
 def _metadata(
-    loop: nn.Module,
+    loop: SamplingLoop,
     normalizer: Normalizer,
     action_low: Sequence[float],
     action_high: Sequence[float],
@@ -245,7 +246,7 @@ def _metadata(
     missing = [a for a in ("sampler", "steps", "step_noise_steps") if not hasattr(loop, a)]
     if missing or not callable(loop):
         raise TypeError(
-            f"loop must be a DenoisingLoop-like nn.Module with attributes sampler, steps and "
+            f"loop must be a SamplingLoop nn.Module with attributes sampler, steps and "
             f"step_noise_steps; {type(loop).__name__} lacks {', '.join(missing) or 'forward'}"
         )
     if normalizer.obs.dim != spec.obs_dim:

@@ -28,14 +28,9 @@ The values are the loop's up to float rounding (the products are formed in float
 rounded once); ``export_onnx`` validates the graph against PyTorch like any other and
 falls back to the traced graph if this builder does not apply or the graph disagrees.
 
-The loop is read by duck type, like ``diffpol.trainer.sampling.DenoisingLoop``:
-``denoiser`` with ``in_sample``, ``in_cond``, ``in_time``, ``hidden``, ``out`` (``nn.Linear``)
-and ``act`` (``nn.ReLU``) computing ``out(act(...act(in_sample(x) + in_cond(obs) +
-in_time(emb_t))...))``; ``timesteps``, ``time_features`` (the embedding of each step's
-timestep); and ``scheduler`` with ``step(model_output, t, sample, noise)``,
-``is_stochastic(t)``, ``coefficients(t)`` and ``config.prediction_type`` / ``clip_sample``
-/ ``clip_sample_range``. Each step's update is measured from ``scheduler.step`` itself
-(float64 probes) and checked to be of the form above before it is used.
+The loop is read from its ``spec`` (``diffpol.diffusion.SamplingLoopSpec``): the denoiser
+(an ``MlpDenoiser`` with ``nn.Linear`` layers and ``nn.ReLU``), each step's timestep
+embedding and the scheduler's own coefficients of each step's update (``StepUpdate``).
 """
 
 from __future__ import annotations
@@ -50,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from diffpol.contracts.model_metadata import ModelMetadata
+from diffpol.diffusion.sampling_loop import SamplingLoopSpec, StepUpdate
 
 OPSET = 18
 # Layers at least this wide do not carry the sample when x0 is clipped (see
@@ -60,19 +56,6 @@ IR_VERSION = 8  # what torch's exporter writes for opset 18; onnxruntime >= 1.14
 
 class UnsupportedLoop(Exception):
     """The loop is not a ReLU MLP denoising loop of the form this builder understands."""
-
-
-@dataclass(frozen=True)
-class StepUpdate:
-    """One scheduler step, ``x' = a * clip(p * m + q * x) + b * x + std * z``: ``m`` the
-    denoiser's output, ``p * m + q * x`` its x0 estimate, ``z`` the step's noise."""
-
-    a: float
-    b: float
-    p: float
-    q: float
-    std: float
-    stochastic: bool
 
 
 @dataclass(frozen=True)
@@ -94,36 +77,29 @@ class ReluLoop:
 
 
 def describe_relu_loop(loop: nn.Module) -> ReluLoop:
-    """Read a DenoisingLoop-like module; raise ``UnsupportedLoop`` saying why it is not one."""
+    """Read a denoising loop's ``spec``; raise ``UnsupportedLoop`` saying why it has none or
+    why its denoiser is not a ReLU MLP."""
+    spec = getattr(loop, "spec", None)
+    if not isinstance(spec, SamplingLoopSpec):
+        raise UnsupportedLoop(f"{type(loop).__name__} describes no SamplingLoopSpec (spec)")
+    denoiser = spec.denoiser
     try:
-        denoiser, scheduler = loop.denoiser, loop.scheduler
         act = denoiser.act
         in_sample, in_cond, in_time = denoiser.in_sample, denoiser.in_cond, denoiser.in_time
         hidden, out = list(denoiser.hidden), denoiser.out
-        timesteps = [int(t) for t in loop.timesteps]
-        time_features = _f64(loop.time_features)
-        config = scheduler.config
-        prediction_type, clip = config.prediction_type, bool(config.clip_sample)
-        clip_range = float(config.clip_sample_range) if clip else None
     except AttributeError as exc:
-        raise UnsupportedLoop(f"not a DenoisingLoop over an MLP denoiser ({exc})") from None
+        raise UnsupportedLoop(f"the denoiser is not a split-input MLP ({exc})") from None
     if type(act) is not nn.ReLU:
         raise UnsupportedLoop(f"the activation is {type(act).__name__}, not ReLU")
     layers = [in_sample, in_cond, in_time, *hidden, out]
     if any(type(layer) is not nn.Linear for layer in layers):
         raise UnsupportedLoop("the denoiser's layers are not all nn.Linear")
-    if prediction_type not in ("sample", "epsilon"):
-        raise UnsupportedLoop(f"prediction_type {prediction_type!r}")
-    if len(timesteps) != int(loop.steps) or time_features.shape[0] != len(timesteps):
-        raise UnsupportedLoop("timesteps, steps and time_features disagree")
-    time_terms = _linear(in_time, time_features)  # [steps, H]
+    if len(spec.updates) != int(loop.steps):
+        raise UnsupportedLoop("the loop's steps and its spec's updates disagree")
+    if spec.step_noise_steps != int(loop.step_noise_steps):
+        raise UnsupportedLoop("step_noise_steps does not match the spec's noisy steps")
+    time_terms = _linear(in_time, _f64(spec.time_features))  # [steps, H]
     first_bias = time_terms + _bias(in_sample) + _bias(in_cond)
-    sample_dim = in_sample.in_features
-    updates = tuple(
-        _measure_update(scheduler, t, prediction_type, clip_range, sample_dim) for t in timesteps
-    )
-    if sum(u.stochastic for u in updates) != int(loop.step_noise_steps):
-        raise UnsupportedLoop("step_noise_steps does not match the scheduler's noisy steps")
     return ReluLoop(
         first_x=_f64(in_sample.weight),
         first_cond=_f64(in_cond.weight),
@@ -131,8 +107,8 @@ def describe_relu_loop(loop: nn.Module) -> ReluLoop:
         hidden=tuple((_f64(layer.weight), _bias(layer)) for layer in hidden),
         out_weight=_f64(out.weight),
         out_bias=_bias(out),
-        updates=updates,
-        clip_range=clip_range,
+        updates=spec.updates,
+        clip_range=spec.clip_range,
     )
 
 
@@ -146,46 +122,6 @@ def _bias(layer: nn.Linear) -> np.ndarray:
 
 def _linear(layer: nn.Linear, x: np.ndarray) -> np.ndarray:
     return x @ _f64(layer.weight).T + _bias(layer)
-
-
-def _measure_update(
-    scheduler, t: int, prediction_type: str, clip_range: float | None, dim: int
-) -> StepUpdate:
-    """Probe ``scheduler.step`` in float64 for a, b and std, then check the form on random
-    values (with the clip active) so a scheduler of another form is refused, not guessed."""
-    c = scheduler.coefficients(t)
-    if prediction_type == "sample":
-        p, q = 1.0, 0.0
-    else:  # epsilon: x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)
-        p, q = -c.sqrt_one_minus_abar / c.sqrt_abar, 1.0 / c.sqrt_abar
-    stochastic = bool(scheduler.is_stochastic(t))
-
-    def step(m: np.ndarray, x: np.ndarray, z: np.ndarray) -> np.ndarray:
-        def tensor(v: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(v, np.float64))
-
-        with torch.no_grad():
-            return scheduler.step(tensor(m), t, tensor(x), noise=tensor(z)).numpy()
-
-    ones, zeros = np.ones((1, dim)), np.zeros((1, dim))
-    x0 = 0.5 * (clip_range or 1.0)  # inside the clip range
-    a = float(step(ones * x0 / p, zeros, zeros)[0, 0]) / x0
-    b = float(step(ones * -q / p, ones, zeros)[0, 0])  # x0 estimate 0, x = 1
-    std = float(step(zeros, zeros, ones)[0, 0]) if stochastic else 0.0
-    update = StepUpdate(a, b, p, q, std, stochastic)
-    rng = np.random.default_rng(t)
-    m, x, z = (3.0 * rng.standard_normal((64, dim)) for _ in range(3))
-    estimate = p * m + q * x
-    if clip_range is not None:
-        estimate = np.clip(estimate, -clip_range, clip_range)
-    expected = a * estimate + b * x + std * z
-    actual = step(m, x, z)
-    if not np.allclose(actual, expected, rtol=1e-9, atol=1e-9):
-        raise UnsupportedLoop(
-            f"the scheduler's step at t={t} is not a * clip(x0) + b * x + std * z "
-            f"(off by {np.max(np.abs(actual - expected)):.3g})"
-        )
-    return update
 
 
 # -- the graph ------------------------------------------------------------------------------
@@ -334,32 +270,36 @@ def build_relu_network(
         """What step i's side Gemm adds to its clip layer, given the sample x_i: the x0
         estimate's terms outside the output layer (q * x_i + p * bias), x_i and the one."""
         up = loop.updates[i]
-        estimate = _Affine(up.q * x.weight, up.q * x.bias + up.p * loop.out_bias)
+        p, q = up.x0_from_output, up.x0_from_sample
+        estimate = _Affine(q * x.weight, q * x.bias + p * loop.out_bias)
         return clip_terms(estimate, x, _one(x.weight.shape[1]))
 
     def clip_layer(i: int) -> _Affine:
         """Step i's clip layer on the last hidden layer (without the side Gemm's terms)."""
         up = loop.updates[i]
-        out = _Affine(up.p * loop.out_weight @ hidden.select(0, width), np.zeros(s))
+        p, q = up.x0_from_output, up.x0_from_sample
+        out = _Affine(p * loop.out_weight @ hidden.select(0, width), np.zeros(s))
         if side_gemm:  # the rest, -r included, comes from the side Gemm
             rest = _Affine(np.zeros((2 * s + 1, hidden.width)), np.zeros(2 * s + 1))
             return _stack(out, -out, out, -out, rest)
         x = hidden.sample()
-        estimate = _Affine(out.weight + up.q * x.weight, up.p * loop.out_bias)
+        estimate = _Affine(out.weight + q * x.weight, p * loop.out_bias)
         one = _Affine(hidden.select(hidden.width - 1, 1), np.zeros(1))
         return clip_terms(estimate, x, one)
 
     def sample_after(i: int) -> _Affine:
         """x_{i+1} (noise apart) on step i's last layer's channels."""
         up = loop.updates[i]
+        a, b = up.x0_weight, up.sample_weight
         if clip:
             # clip(x0) = relu(x0) - relu(-x0) - relu(x0 - r) + relu(-x0 - r)
             clipped = last.select(0, s) - last.select(s, s) - last.select(2 * s, s)
             clipped += last.select(3 * s, s)
-            return _Affine(up.a * clipped + up.b * last.sample().weight, np.zeros(s))
+            return _Affine(a * clipped + b * last.sample().weight, np.zeros(s))
+        p, q = up.x0_from_output, up.x0_from_sample
         h = last.select(0, width)
-        weight = up.a * up.p * loop.out_weight @ h + (up.a * up.q + up.b) * last.sample().weight
-        return _Affine(weight, up.a * up.p * loop.out_bias)
+        weight = a * p * loop.out_weight @ h + (a * q + b) * last.sample().weight
+        return _Affine(weight, a * p * loop.out_bias)
 
     gathered: dict[int, str] = {}
 
@@ -368,7 +308,7 @@ def build_relu_network(
         if k not in gathered:
             index = g.const("k", np.array(k, np.int64), np.int64)
             gathered[k] = g.node("Gather", [step_noise, index], axis=1)  # [B, S]
-        std = loop.updates[i].std
+        std = loop.updates[i].noise_std
         return g.gemm(gathered[k], _Affine(std * weight, np.zeros(weight.shape[0])), c=base)
 
     step0 = first_layer(0, _identity(s))

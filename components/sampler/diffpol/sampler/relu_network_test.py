@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -13,70 +11,15 @@ import torch
 from torch import nn
 
 from diffpol.contracts import PolicySpec
+from diffpol.diffusion import NoiseScheduleConfig, SamplingLoopSpec, make_scheduler
+from diffpol.diffusion.embedding import sinusoidal_embedding
 from diffpol.sampler import OnnxPolicy, export_onnx
 from diffpol.sampler.export import SamplerModule
 from diffpol.sampler.relu_network import UnsupportedLoop, describe_relu_loop
-from diffpol.sampler.testing import cosine_alpha_bars, pendulum_like_normalizer
+from diffpol.sampler.testing import pendulum_like_normalizer
 
 OBS_DIM, ACT_DIM, N_OBS, HORIZON, N_ACT = 3, 2, 2, 4, 2
 LOW, HIGH = [-1.0, -2.0], [1.0, 2.0]
-
-
-class _Scheduler:
-    """DDIM (with eta) or DDPM on the cosine schedule, with the trainer scheduler's API
-    (``config``, ``coefficients``, ``is_stochastic``, ``step``), written out independently."""
-
-    def __init__(self, sampler, steps, train_steps, prediction_type, clip, eta=0.0):
-        self.config = SimpleNamespace(
-            prediction_type=prediction_type, clip_sample=clip, clip_sample_range=1.0
-        )
-        abar = cosine_alpha_bars(train_steps)
-        stride = train_steps // steps
-        self.timesteps = [i * stride for i in reversed(range(steps))]
-        self._c = {}
-        self.clipped: list[float] | None = None  # x0 clip statistics, when recording
-        for i, t in enumerate(self.timesteps):
-            prev = self.timesteps[i + 1] if i + 1 < steps else -1
-            ab, ab_prev = abar[t], abar[prev] if prev >= 0 else 1.0
-            if sampler == "ddim":
-                std = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-                direction = math.sqrt(max(1 - ab_prev - std**2, 0.0))
-                # x_prev = sqrt(ab_prev) x0 + direction * eps, eps from (x_t, x0)
-                c_x0 = math.sqrt(ab_prev) - direction * math.sqrt(ab) / math.sqrt(1 - ab)
-                c_x = direction / math.sqrt(1 - ab)
-            else:
-                beta = 1 - ab / ab_prev
-                c_x0 = math.sqrt(ab_prev) * beta / (1 - ab)
-                c_x = math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)
-                std = math.sqrt(beta * (1 - ab_prev) / (1 - ab))
-            self._c[t] = SimpleNamespace(
-                sqrt_abar=math.sqrt(ab),
-                sqrt_one_minus_abar=math.sqrt(1 - ab),
-                c_x0=c_x0,
-                c_x=c_x,
-                std=std,
-            )
-
-    def coefficients(self, t):
-        return self._c[t]
-
-    def is_stochastic(self, t):
-        return self._c[t].std > 0
-
-    def step(self, model_output, t, sample, noise=None):
-        c = self._c[t]
-        if self.config.prediction_type == "epsilon":
-            x0 = (sample - c.sqrt_one_minus_abar * model_output) / c.sqrt_abar
-        else:
-            x0 = model_output
-        if self.config.clip_sample:
-            if self.clipped is not None:
-                self.clipped.append(
-                    float((x0.abs() > self.config.clip_sample_range).float().mean())
-                )
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        prev = c.c_x0 * x0 + c.c_x * sample
-        return prev + c.std * noise if c.std > 0 else prev
 
 
 class _Denoiser(nn.Module):
@@ -98,7 +41,7 @@ class _Denoiser(nn.Module):
 
 
 class _Loop(nn.Module):
-    """The trainer's DenoisingLoop structure over the independent scheduler above."""
+    """The trainer's DenoisingLoop structure over the diffusion core's scheduler."""
 
     def __init__(
         self,
@@ -120,13 +63,24 @@ class _Loop(nn.Module):
             out_gain = 20.0 if prediction_type == "sample" else 1.0
         with torch.no_grad():
             self.denoiser.out.weight.mul_(out_gain)
-        self.scheduler = _Scheduler(sampler, steps, train_steps, prediction_type, clip)
+        schedule = NoiseScheduleConfig(
+            train_steps, prediction_type=prediction_type, clip_sample=clip
+        )
+        self.scheduler = make_scheduler(schedule, sampler, steps)
         self.sampler, self.timesteps = sampler, self.scheduler.timesteps
         self.steps = len(self.timesteps)
-        self.step_noise_steps = sum(self.scheduler.is_stochastic(t) for t in self.timesteps)
-        t = torch.tensor(self.timesteps, dtype=torch.float32)[:, None]
-        freqs = torch.exp(-math.log(10_000.0) * torch.arange(8) / 8)
-        self.register_buffer("time_features", torch.cat([(t * freqs).sin(), (t * freqs).cos()], 1))
+        self.step_noise_steps = self.scheduler.num_stochastic_steps
+        t = torch.tensor(self.timesteps, dtype=torch.float32)
+        self.register_buffer("time_features", sinusoidal_embedding(t, 16))
+
+    @property
+    def spec(self) -> SamplingLoopSpec:
+        return SamplingLoopSpec(
+            self.denoiser,
+            self.time_features,
+            self.scheduler.updates(),
+            self.scheduler.x0_clip_range,
+        )
 
     def forward(self, obs_norm, noise, step_noise=None):
         cond = self.denoiser.in_cond(obs_norm.flatten(1))
@@ -141,10 +95,18 @@ class _Loop(nn.Module):
 
     def x0_clip_fraction(self, obs_norm, noise, step_noise=None) -> float:
         """Share of x0 estimates, over all steps, that the clip changes."""
-        self.scheduler.clipped = []
+        cond = self.denoiser.in_cond(obs_norm.flatten(1))
+        time_terms = self.denoiser.in_time(self.time_features)
+        x, k, fractions = noise.flatten(1), 0, []
         with torch.no_grad():
-            self(obs_norm, noise, step_noise)
-        fractions, self.scheduler.clipped = self.scheduler.clipped, None
+            for i, u in enumerate(self.spec.updates):
+                m = self.denoiser.denoise(x, cond, time_terms[i])
+                estimate = u.x0_from_output * m + u.x0_from_sample * x
+                fractions.append(float((estimate.abs() > 1.0).float().mean()))
+                z = None
+                if u.stochastic:
+                    z, k = step_noise[:, k].flatten(1), k + 1
+                x = self.scheduler.step(m, u.timestep, x, noise=z)
         return float(np.mean(fractions))
 
 
@@ -268,19 +230,16 @@ def test_other_loops_are_traced_instead(tmp_path):
     traced = _export(_Loop(), tmp_path / "traced.onnx", relu_network=False)
     assert not _is_relu_network(traced)
 
-    class OddScheduler(_Scheduler):
-        def step(self, model_output, t, sample, noise=None):  # not affine in the sample
-            return super().step(model_output, t, sample, noise) + 0.01 * sample**2
+    class Undescribed(_Loop):
+        spec = None
 
-    loop = _Loop()
-    loop.scheduler = OddScheduler("ddim", 10, 100, "sample", True)
-    with pytest.raises(UnsupportedLoop, match="is not a \\* clip"):
-        describe_relu_loop(loop)
+    with pytest.raises(UnsupportedLoop, match="describes no SamplingLoopSpec"):
+        describe_relu_loop(Undescribed())
 
 
 def test_a_relu_network_that_disagrees_with_the_loop_is_not_written(tmp_path):
-    """The builder reads the denoiser and scheduler, not forward(): a loop that does more
-    than they describe gets a wrong ReLU network, which validation rejects; the traced
+    """The builder reads the loop's spec, not forward(): a loop that does more than its
+    spec describes gets a wrong ReLU network, which validation rejects; the traced
     graph is exported instead."""
 
     class ShiftedLoop(_Loop):

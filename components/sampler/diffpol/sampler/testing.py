@@ -1,47 +1,25 @@
 """A small, real denoising loop for the sampler's tests and benchmarks.
 
-The trainer owns the production ``DenoisingLoop``; the export only relies on its duck type
-(``forward(obs_norm, noise, step_noise=None)`` plus ``sampler``, ``steps`` and
-``step_noise_steps``). This module builds an untrained loop with that interface: an
-epsilon-predicting MLP and an unrolled DDIM or DDPM update whose schedule coefficients are
-Python floats, as the architecture agreement requires, so the export sees constants.
-Weights are random, so actions are meaningless; shapes, numerics and speed are real.
+The trainer owns the production ``DenoisingLoop``; the export only relies on the
+``diffpol.diffusion.SamplingLoop`` interface. This module builds an untrained loop with
+that interface from the same diffusion core the trainer uses: an epsilon-predicting MLP
+and the core's DDIM or DDPM scheduler, whose coefficients are Python floats, so the
+export sees constants. Weights are random, so actions are meaningless; shapes, numerics
+and speed are real.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import nn
 
+from diffpol.diffusion import NoiseScheduleConfig, make_scheduler
+from diffpol.diffusion.activations import FastMish
+from diffpol.diffusion.embedding import sinusoidal_embedding
+
 Activation = Literal["mish", "mish_fast", "silu", "relu"]
-
-
-def cosine_alpha_bars(num_train_timesteps: int, max_beta: float = 0.999) -> list[float]:
-    """Cumulative alpha products of the cosine ("squaredcos_cap_v2") schedule, as floats."""
-
-    def f(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    alpha_bars, running = [], 1.0
-    for i in range(num_train_timesteps):
-        beta = min(1 - f((i + 1) / num_train_timesteps) / f(i / num_train_timesteps), max_beta)
-        running *= 1 - beta
-        alpha_bars.append(running)
-    return alpha_bars
-
-
-class FastMish(nn.Module):
-    """Mish written as x * tanh(softplus(x)) with softplus = relu(x) + log1p(exp(-|x|)).
-
-    Same values as ``nn.Mish``; onnxruntime's Softplus kernel is scalar and slow, while
-    Relu, Abs, Exp, Log and Tanh are vectorised (baseline.md measured the difference).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.tanh(torch.relu(x) + torch.log1p(torch.exp(-torch.abs(x))))
 
 
 def _activation(name: Activation) -> nn.Module:
@@ -49,14 +27,6 @@ def _activation(name: Activation) -> nn.Module:
     if name not in modules:
         raise ValueError(f"unknown activation {name!r}: use one of {sorted(modules)}")
     return modules[name]()
-
-
-def sinusoidal_embedding(t: int, dim: int) -> torch.Tensor:
-    """[dim] embedding of an integer timestep (a constant once traced)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
-    angles = float(t) * freqs
-    return torch.cat([torch.sin(angles), torch.cos(angles)])
 
 
 class MlpDenoiser(nn.Module):
@@ -82,7 +52,8 @@ class MlpDenoiser(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor, t: int) -> torch.Tensor:
-        emb = sinusoidal_embedding(t, self.time_dim).expand(x.shape[0], self.time_dim)
+        emb = sinusoidal_embedding(torch.tensor([float(t)]), self.time_dim)
+        emb = emb.expand(x.shape[0], self.time_dim)
         return self.net(torch.cat([x, obs, emb], dim=1))
 
 
@@ -122,27 +93,17 @@ class ReferenceLoop(nn.Module):
         self.denoiser = MlpDenoiser(
             horizon * act_dim, n_obs_steps * obs_dim, width, depth, activation=activation
         ).eval()
-        alpha_bars = cosine_alpha_bars(num_train_timesteps)
-        stride = num_train_timesteps // steps
-        self.timesteps = [i * stride for i in reversed(range(steps))]
-        # Per step: (t, coefficients) with every coefficient a Python float.
-        self._plan: list[tuple[int, dict[str, float]]] = []
-        for i, t in enumerate(self.timesteps):
-            prev = self.timesteps[i + 1] if i + 1 < steps else -1
-            ab_t = alpha_bars[t]
-            ab_prev = alpha_bars[prev] if prev >= 0 else 1.0
-            c = {"x0_x": 1 / math.sqrt(ab_t), "x0_eps": -math.sqrt(1 - ab_t) / math.sqrt(ab_t)}
-            if sampler == "ddim":
-                c |= {"prev_x0": math.sqrt(ab_prev), "prev_eps": math.sqrt(1 - ab_prev)}
-            else:
-                beta = 1 - ab_t / ab_prev
-                c |= {
-                    "prev_x0": math.sqrt(ab_prev) * beta / (1 - ab_t),
-                    "prev_x": math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t),
-                    "sigma": math.sqrt(beta * (1 - ab_prev) / (1 - ab_t)) if t > 0 else 0.0,
-                }
-            self._plan.append((t, c))
-        self.step_noise_steps = sum(1 for _, c in self._plan if c.get("sigma", 0.0) > 0)
+        schedule = NoiseScheduleConfig(num_train_timesteps, "cosine", prediction_type="epsilon")
+        scheduler = make_scheduler(schedule, sampler, steps)
+        self.timesteps = list(scheduler.timesteps)
+        self._updates = scheduler.updates()
+        # DDIM's eq. 12 with the model's eps itself in the direction term (the scheduler
+        # uses the eps consistent with the clipped x0): a loop of another form than the
+        # trainer's, which the export must reproduce too.
+        self._ddim_weights = [
+            (c.c_x0, c.c_xt) for c in (scheduler.coefficients(t) for t in self.timesteps)
+        ]
+        self.step_noise_steps = scheduler.num_stochastic_steps
 
     def forward(
         self, obs_norm: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None
@@ -151,16 +112,17 @@ class ReferenceLoop(nn.Module):
         obs = obs_norm.reshape(batch, self.n_obs_steps * self.obs_dim)
         x = noise.reshape(batch, self.horizon * self.act_dim)
         k = 0
-        for t, c in self._plan:
-            eps = self.denoiser(x, obs, t)
-            x0 = torch.clamp(c["x0_x"] * x + c["x0_eps"] * eps, -1.0, 1.0)
+        for i, u in enumerate(self._updates):
+            eps = self.denoiser(x, obs, u.timestep)
+            x0 = torch.clamp(u.x0_from_sample * x + u.x0_from_output * eps, -1.0, 1.0)
             if self.sampler == "ddim":
-                x = c["prev_x0"] * x0 + c["prev_eps"] * eps
+                to_x0, to_eps = self._ddim_weights[i]
+                x = to_x0 * x0 + to_eps * eps
             else:
-                x = c["prev_x0"] * x0 + c["prev_x"] * x
-                if c["sigma"] > 0:
+                x = u.x0_weight * x0 + u.sample_weight * x
+                if u.stochastic:
                     assert step_noise is not None, "DDPM needs step_noise"
-                    x = x + c["sigma"] * step_noise[:, k].reshape(batch, -1)
+                    x = x + u.noise_std * step_noise[:, k].reshape(batch, -1)
                     k += 1
         return x.reshape(batch, self.horizon, self.act_dim)
 

@@ -10,6 +10,7 @@ the same samples in one Ray Train run;
 
 __version__ = "0.1.0"
 
+from diffpol.diffusion import DDIMScheduler, DDPMScheduler, NoiseScheduleConfig
 from diffpol.trainer.checkpoint import CheckpointError, CheckpointMeta, read_checkpoint
 from diffpol.trainer.config import Config, ModelConfig, OptimConfig, PolicyType, TrainConfig
 from diffpol.trainer.modeling import (
@@ -19,11 +20,9 @@ from diffpol.trainer.modeling import (
     DiffusionPolicyModel,
     SeedTutorialModel,
     build_policy_model,
-    sinusoidal_embedding,
 )
 from diffpol.trainer.policy import TorchPolicy, load_policy
 from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
-from diffpol.trainer.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduleConfig
 from diffpol.trainer.training import PolicyRun, RunMismatchError, TrainResult, train, train_many
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "build_policy_model",
     "load_policy",
     "read_checkpoint",
-    "sinusoidal_embedding",
     "train",
     "train_many",
 ]

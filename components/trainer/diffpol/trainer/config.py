@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from diffpol.trainer.schedulers import NoiseScheduleConfig
+from diffpol.diffusion import NoiseScheduleConfig
 
 PolicyType = Literal["diffusion", "bc", "seed-tutorial"]
 Activation = Literal["relu", "silu", "mish"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from diffpol.diffusion import NoiseScheduleConfig
 from diffpol.trainer.config import Config, ModelConfig, OptimConfig, TrainConfig
-from diffpol.trainer.schedulers import NoiseScheduleConfig
 
 
 def test_config_round_trips_through_json():

@@ -2,7 +2,7 @@
 
 All three take flattened, normalised inputs, ``obs`` [B, To*obs_dim] and ``action``
 [B, T*act_dim], expose ``compute_loss(obs, action, generator=None)`` for training and
-``sampling_loop(...)`` for inference (a module with the ``DenoisingLoop`` interface, see
+``sampling_loop(...)`` for inference (a ``diffpol.diffusion.SamplingLoop`` from
 ``diffpol.trainer.sampling``).
 """
 
@@ -16,31 +16,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffpol.contracts.normalizer import Normalizer
+from diffpol.diffusion import DDPMScheduler
+from diffpol.diffusion.activations import FastMish
+from diffpol.diffusion.embedding import sinusoidal_embedding, sinusoidal_frequencies
 from diffpol.trainer.config import ModelConfig
-from diffpol.trainer.schedulers import DDPMScheduler
-
-
-def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    half = dim // 2
-    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-
-
-def sinusoidal_embedding(
-    t: torch.Tensor, dim: int, freqs: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Transformer-style embedding of (float) timesteps [N] -> [N, dim]: sin half, cos half."""
-    if freqs is None:
-        freqs = sinusoidal_frequencies(dim).to(t.device)
-    angles = t.float()[:, None] * freqs[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-
-
-class FastMish(nn.Module):
-    """Mish, x * tanh(softplus(x)), with softplus as relu(x) + log1p(exp(-|x|)): same values,
-    but onnxruntime runs it as cheap elementwise ops instead of its slow Softplus kernel."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.tanh(F.relu(x) + torch.log1p(torch.exp(-x.abs())))
+from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
 
 
 def make_activation(name: str) -> nn.Module:
@@ -148,9 +128,15 @@ class DiffusionPolicyModel(_PolicyModel):
         return F.mse_loss(prediction, self.noise_scheduler.training_target(action, noise))
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        from diffpol.trainer.sampling import DenoisingLoop
-
-        return DenoisingLoop.from_model(self, sampler=sampler, steps=steps, eta=eta)
+        return DenoisingLoop(
+            self.denoiser,
+            self.config.schedule,
+            self.config.horizon,
+            self.act_dim,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+        )
 
 
 class BCPolicyModel(_PolicyModel):
@@ -169,9 +155,7 @@ class BCPolicyModel(_PolicyModel):
         return F.mse_loss(self(obs), action)
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        from diffpol.trainer.sampling import RegressionLoop
-
-        return RegressionLoop(self)
+        return RegressionLoop(self, self.config.horizon, self.act_dim)
 
 
 class SeedTutorialModel(_PolicyModel):
@@ -221,10 +205,18 @@ class SeedTutorialModel(_PolicyModel):
         prediction = self(self.tutorial_obs(obs), raw_action + noise, t)
         return F.mse_loss(prediction, noise)
 
-    def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        from diffpol.trainer.sampling import SeedTutorialLoop
+    def sample(self, obs_norm_flat: torch.Tensor, noise_flat: torch.Tensor) -> torch.Tensor:
+        """The tutorial's sampler: x = noise; 50 times x -= 0.1 * eps_hat(obs/pi, x, t);
+        the normalised action chunk [B, T*act_dim]."""
+        obs = self.tutorial_obs(obs_norm_flat)
+        x = noise_flat
+        for step in reversed(range(self.SAMPLING_STEPS)):
+            t = torch.full((1,), float(step), device=x.device)
+            x = x - self.STEP_SIZE * self(obs, x, t)
+        return (x - self.act_center) / self.act_scale
 
-        return SeedTutorialLoop(self)
+    def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
+        return SeedTutorialLoop(self, self.SAMPLING_STEPS, self.config.horizon, self.act_dim)
 
 
 PolicyModel = DiffusionPolicyModel | BCPolicyModel | SeedTutorialModel

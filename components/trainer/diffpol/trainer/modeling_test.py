@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
+from diffpol.diffusion import NoiseScheduleConfig, make_scheduler
+from diffpol.diffusion.embedding import sinusoidal_embedding
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.modeling import (
     EMA,
     ConditionalMLPDenoiser,
-    FastMish,
     SeedTutorialModel,
     build_policy_model,
-    sinusoidal_embedding,
 )
-from diffpol.trainer.schedulers import NoiseScheduleConfig, make_scheduler
 from diffpol.trainer.synthetic import bimodal_samples
 
 NORMALIZER = Normalizer(
@@ -32,20 +28,6 @@ NORMALIZER = Normalizer(
 def small_config(**kw) -> ModelConfig:
     base = dict(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=32, depth=2)
     return ModelConfig(**{**base, **kw})
-
-
-def test_sinusoidal_embedding():
-    emb = sinusoidal_embedding(torch.tensor([0.0, 5.0]), 16)
-    assert emb.shape == (2, 16)
-    torch.testing.assert_close(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))
-    # The first frequency is 1: sin(t), cos(t).
-    assert emb[1, 0].item() == pytest.approx(math.sin(5.0), abs=1e-6)
-    assert emb[1, 8].item() == pytest.approx(math.cos(5.0), abs=1e-6)
-
-
-def test_fast_mish_equals_mish():
-    x = torch.linspace(-30, 30, 2001)
-    torch.testing.assert_close(FastMish()(x), F.mish(x), atol=1e-6, rtol=1e-5)
 
 
 def test_the_split_first_layer_is_one_linear_map_over_the_concatenation():
@@ -214,3 +196,15 @@ def test_ema_warmup_continues_from_a_loaded_state():
     restored.current_decay()  # reads the fresh counter before the load
     restored.load_state_dict(ema.state_dict())
     assert restored.current_decay() == ema.current_decay() == pytest.approx(6 / 15)
+
+
+@pytest.mark.parametrize("sampler, steps, eta", [("ddim", 10, 0.0), ("ddpm", 100, 0.0)])
+def test_a_denoising_loop_describes_itself_with_its_schedulers_updates(sampler, steps, eta):
+    model = build_policy_model(small_config(), 3, 1, NORMALIZER)
+    loop = model.sampling_loop(sampler, steps, eta=eta)
+    spec = loop.spec
+    assert spec.denoiser is model.denoiser
+    assert list(spec.timesteps) == loop.timesteps
+    assert spec.step_noise_steps == loop.step_noise_steps
+    assert spec.updates == loop.scheduler.updates()
+    assert spec.clip_range == model.config.schedule.clip_sample_range

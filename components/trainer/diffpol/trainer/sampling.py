@@ -1,13 +1,8 @@
 """Inference loops: normalised observations + noise in, normalised action chunk out.
 
-Each loop is an ``nn.Module`` with the interface the ONNX export expects::
-
-    forward(obs_norm [B, To, obs_dim], noise [B, T, act_dim],
-            step_noise [B, K, T, act_dim] | None = None) -> action_norm [B, T, act_dim]
-
-and the attributes ``sampler`` (str), ``steps`` (int) and ``step_noise_steps`` (K, 0 when
-the loop draws no noise after the initial sample). The loops are unrolled in Python with
-Python-float coefficients, so tracing them yields a static graph with constants.
+Each loop is a ``diffpol.diffusion.SamplingLoop`` (the interface the ONNX export expects);
+``DenoisingLoop`` also describes itself as a ``SamplingLoopSpec`` (``spec``). The loops
+take the networks they run, not the policy models, so ``modeling`` can build them.
 """
 
 from __future__ import annotations
@@ -15,13 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffpol.trainer.modeling import (
-    BCPolicyModel,
-    DiffusionPolicyModel,
-    SeedTutorialModel,
-    sinusoidal_embedding,
-)
-from diffpol.trainer.schedulers import make_scheduler
+from diffpol.diffusion import NoiseScheduleConfig, SamplingLoopSpec, make_scheduler
+from diffpol.diffusion.embedding import sinusoidal_embedding
+from diffpol.diffusion.sampling_loop import MlpDenoiser
 
 
 class DenoisingLoop(nn.Module):
@@ -29,35 +20,42 @@ class DenoisingLoop(nn.Module):
 
     def __init__(
         self,
-        model: DiffusionPolicyModel,
+        denoiser: MlpDenoiser,
+        schedule: NoiseScheduleConfig,
+        horizon: int,
+        act_dim: int,
         sampler: str = "ddim",
         steps: int = 10,
         eta: float = 0.0,
     ) -> None:
         super().__init__()
-        config = model.config
-        self.denoiser = model.denoiser
-        self.scheduler = make_scheduler(config.schedule, sampler, steps, eta)
+        self.denoiser = denoiser
+        self.scheduler = make_scheduler(schedule, sampler, steps, eta)
         self.sampler = sampler
         self.steps = len(self.scheduler.timesteps)
         self.eta = eta
         self.step_noise_steps = self.scheduler.num_stochastic_steps
-        self.horizon, self.act_dim = config.horizon, model.act_dim
-        self.n_obs_steps, self.obs_dim = config.n_obs_steps, model.obs_dim
+        self.horizon, self.act_dim = horizon, act_dim
         self.timesteps: list[int] = list(self.scheduler.timesteps)
         # The sinusoidal features of the (fixed) timesteps; an exporter folds the time
         # term computed from them into constants.
         self.register_buffer(
             "time_features",
             sinusoidal_embedding(
-                torch.tensor(self.timesteps, dtype=torch.float32), self.denoiser.time_embed_dim
+                torch.tensor(self.timesteps, dtype=torch.float32), denoiser.time_embed_dim
             ),
             persistent=False,
         )
 
-    @classmethod
-    def from_model(cls, model: DiffusionPolicyModel, **kwargs) -> DenoisingLoop:
-        return cls(model, **kwargs)
+    @property
+    def spec(self) -> SamplingLoopSpec:
+        """This loop in numbers: the denoiser and each step's update, from the scheduler."""
+        return SamplingLoopSpec(
+            denoiser=self.denoiser,
+            time_features=self.time_features,
+            updates=self.scheduler.updates(),
+            clip_range=self.scheduler.x0_clip_range,
+        )
 
     def forward(
         self,
@@ -91,10 +89,11 @@ class RegressionLoop(nn.Module):
     steps = 0
     step_noise_steps = 0
 
-    def __init__(self, model: BCPolicyModel) -> None:
+    def __init__(self, model: nn.Module, horizon: int, act_dim: int) -> None:
+        """``model`` maps obs [B, To*obs_dim] to the action chunk [B, T*act_dim]."""
         super().__init__()
         self.model = model
-        self.horizon, self.act_dim = model.config.horizon, model.act_dim
+        self.horizon, self.act_dim = horizon, act_dim
 
     def forward(self, obs_norm, noise, step_noise=None) -> torch.Tensor:
         mean = self.model(obs_norm.flatten(1)).unflatten(1, (self.horizon, self.act_dim))
@@ -103,22 +102,19 @@ class RegressionLoop(nn.Module):
 
 
 class SeedTutorialLoop(nn.Module):
-    """The seed tutorial's sampler: x = noise; 50 times x -= 0.1 * eps_hat(obs/pi, x, t)."""
+    """The seed tutorial's sampler (``SeedTutorialModel.sample``) behind the same interface."""
 
     sampler = "seed-tutorial"
     step_noise_steps = 0
 
-    def __init__(self, model: SeedTutorialModel) -> None:
+    def __init__(self, model: nn.Module, steps: int, horizon: int, act_dim: int) -> None:
+        """``model.sample(obs [B, To*obs_dim], noise [B, T*act_dim])`` gives the normalised
+        action chunk [B, T*act_dim] in ``steps`` denoiser calls."""
         super().__init__()
         self.model = model
-        self.steps = model.SAMPLING_STEPS
-        self.horizon, self.act_dim = model.config.horizon, model.act_dim
+        self.steps = steps
+        self.horizon, self.act_dim = horizon, act_dim
 
     def forward(self, obs_norm, noise, step_noise=None) -> torch.Tensor:
-        obs = self.model.tutorial_obs(obs_norm.flatten(1))
-        x = noise.flatten(1)
-        for step in reversed(range(self.steps)):
-            t = torch.full((1,), float(step), device=x.device)
-            x = x - self.model.STEP_SIZE * self.model(obs, x, t)
-        action_norm = (x - self.model.act_center) / self.model.act_scale
+        action_norm = self.model.sample(obs_norm.flatten(1), noise.flatten(1))
         return action_norm.unflatten(1, (self.horizon, self.act_dim))

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffpol.trainer.schedulers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    NoiseScheduleConfig,
-    make_scheduler,
-    make_timesteps,
-)
+from diffpol.diffusion.schedulers import DDIMScheduler, DDPMScheduler, make_scheduler
+from diffpol.diffusion.schedules import NoiseScheduleConfig, make_timesteps
 
 T = 100
 
@@ -184,6 +179,30 @@ def test_the_last_step_of_each_sampler_adds_no_noise():
     ):
         assert scheduler.coefficients(scheduler.timesteps[-1]).std == 0.0
         assert scheduler.num_stochastic_steps == len(scheduler.timesteps) - 1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize(
+    ("sampler", "steps", "eta"), [("ddim", 10, 0.0), ("ddim", 10, 1.0), ("ddpm", 100, 0.0)]
+)
+def test_each_update_is_the_affine_map_step_applies(prediction_type, clip, sampler, steps, eta):
+    scheduler = make_scheduler(
+        config(prediction_type=prediction_type, clip_sample=clip), sampler, steps, eta
+    )
+    rng = np.random.default_rng(0)
+    m, x, z = (torch.from_numpy(3.0 * rng.standard_normal((64, 4))) for _ in range(3))
+    updates = scheduler.updates()
+    assert [u.timestep for u in updates] == scheduler.timesteps
+    assert sum(u.stochastic for u in updates) == scheduler.num_stochastic_steps
+    for u in updates:
+        estimate = u.x0_from_output * m + u.x0_from_sample * x
+        if clip:
+            estimate = estimate.clamp(-1.0, 1.0)
+        expected = u.x0_weight * estimate + u.sample_weight * x + u.noise_std * z
+        actual = scheduler.step(m, u.timestep, x, noise=z)
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9)
+    assert scheduler.x0_clip_range == (1.0 if clip else None)
 
 
 def test_timestep_spacings():

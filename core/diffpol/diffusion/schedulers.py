@@ -2,106 +2,29 @@
 
 Every coefficient an update uses is precomputed as a Python float when the sampling
 timesteps are set, so an unrolled sampling loop traces to ONNX with those numbers as graph
-constants (no ``sqrt`` of a symbolic timestep, no table lookups).
+constants (no ``sqrt`` of a symbolic timestep, no table lookups), and each step can be
+described as a ``StepUpdate`` (``update``) for exporters that build the graph themselves.
 
 Notation (Ho et al.): ``beta_t``, ``alpha_t = 1 - beta_t``, ``abar_t = prod_{s<=t} alpha_s``,
-forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
-
-Timestep spacing when sampling with fewer steps than ``num_train_timesteps`` ("leading",
-the default): ``t = (n-1)*r, ..., r, 0`` with ``r = T // n``. The chain then never starts at
-``t = T-1``, where the cosine schedule's clipped last beta makes ``sqrt(abar)`` about 5e-4:
-recovering ``x_0`` there divides by it and amplifies float32 rounding ~2000x (measured in
-baseline.md), so a single sample could differ by 1e-4 between PyTorch and ONNX. With
-T = 100 and 10 steps the first step is t = 90, where ``1/sqrt(abar)`` is about 7.
+forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (eq. 4). Schedules and
+timestep spacing: ``diffpol.diffusion.schedules``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-BetaSchedule = Literal["linear", "cosine"]
-PredictionType = Literal["epsilon", "sample"]
-TimestepSpacing = Literal["leading", "trailing", "linspace"]
-
-# Nichol & Dhariwal (2021): offset s of the cosine schedule and the cap on beta that keeps
-# the last step from being a division by ~0.
-COSINE_OFFSET = 0.008
-COSINE_MAX_BETA = 0.999
-
-
-@dataclass(frozen=True)
-class NoiseScheduleConfig:
-    num_train_timesteps: int = 100
-    beta_schedule: BetaSchedule = "cosine"
-    # Only used by the linear schedule.
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: PredictionType = "epsilon"
-    # Clip the x_0 estimate to [-1, 1] at every step: actions are min-max normalised to
-    # that range, and the clip keeps early, badly conditioned steps from overshooting.
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
-        if self.beta_schedule not in ("linear", "cosine"):
-            raise ValueError(
-                f"beta_schedule must be 'linear' or 'cosine', got {self.beta_schedule!r}"
-            )
-        if self.prediction_type not in ("epsilon", "sample"):
-            raise ValueError(
-                f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}"
-            )
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(
-                f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}"
-            )
-        if self.clip_sample_range <= 0:
-            raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
-
-
-def make_betas(config: NoiseScheduleConfig) -> np.ndarray:
-    """beta_0..beta_{T-1} in float64."""
-    steps = config.num_train_timesteps
-    if config.beta_schedule == "linear":
-        return np.linspace(config.beta_start, config.beta_end, steps, dtype=np.float64)
-
-    def f(u: float) -> float:
-        return math.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
-
-    # abar(t) = f(t/T) / f(0); beta_t = 1 - abar(t+1)/abar(t), capped.
-    return np.array(
-        [min(1 - f((i + 1) / steps) / f(i / steps), COSINE_MAX_BETA) for i in range(steps)],
-        dtype=np.float64,
-    )
-
-
-def make_timesteps(num_train: int, num_inference: int, spacing: TimestepSpacing) -> list[int]:
-    """Descending, distinct sampling timesteps in [0, num_train)."""
-    if not 1 <= num_inference <= num_train:
-        raise ValueError(
-            f"number of sampling steps must be in [1, {num_train}] (the training "
-            f"timesteps), got {num_inference}"
-        )
-    if spacing == "leading":
-        ratio = num_train // num_inference
-        steps = [i * ratio for i in range(num_inference)]
-    elif spacing == "trailing":
-        ratio = num_train / num_inference
-        steps = [round(num_train - i * ratio) - 1 for i in range(num_inference)][::-1]
-    elif spacing == "linspace":
-        steps = [round(x) for x in np.linspace(0, num_train - 1, num_inference)]
-    else:
-        raise ValueError(
-            f"timestep spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}"
-        )
-    return sorted({int(s) for s in steps}, reverse=True)
+from diffpol.diffusion.sampling_loop import StepUpdate
+from diffpol.diffusion.schedules import (
+    NoiseScheduleConfig,
+    TimestepSpacing,
+    make_betas,
+    make_timesteps,
+)
 
 
 @dataclass(frozen=True)
@@ -140,7 +63,8 @@ class _SchedulerBase:
         return 1.0 if t < 0 else float(self.alphas_cumprod[t])
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Forward process: ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``, t of shape [B]."""
+        """Forward process q(x_t | x_0) (Ho et al. eq. 4):
+        ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``, t of shape [B]."""
         if self._sqrt_abar.device != x0.device:  # move once, not at every training step
             self._sqrt_abar = self._sqrt_abar.to(x0.device)
             self._sqrt_one_minus_abar = self._sqrt_one_minus_abar.to(x0.device)
@@ -158,6 +82,7 @@ class _SchedulerBase:
         return self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
 
     def set_timesteps(self, num_inference_steps: int, spacing: TimestepSpacing = "leading"):
+        """Sample with these many steps (``schedules.make_timesteps``); returns self."""
         self.timesteps = make_timesteps(self.num_train_timesteps, num_inference_steps, spacing)
         self._coefficients = {
             t: self._make_coefficients(t, self._prev_t(i)) for i, t in enumerate(self.timesteps)
@@ -184,9 +109,56 @@ class _SchedulerBase:
                 "call set_timesteps first"
             ) from None
 
+    @property
+    def x0_clip_range(self) -> float | None:
+        """r when every x_0 estimate is clipped to [-r, r], else None."""
+        return self.config.clip_sample_range if self.config.clip_sample else None
+
+    def update(self, t: int) -> StepUpdate:
+        """The step at ``t`` as the affine map ``step`` applies (see ``StepUpdate``)."""
+        c = self.coefficients(t)
+        if self.config.prediction_type == "epsilon":  # Ho et al. eq. 15, see _predict_x0
+            from_output, from_sample = -c.sqrt_one_minus_abar / c.sqrt_abar, 1.0 / c.sqrt_abar
+        else:
+            from_output, from_sample = 1.0, 0.0
+        x0_weight, sample_weight = self._update_weights(c)
+        return StepUpdate(int(t), from_output, from_sample, x0_weight, sample_weight, c.std)
+
+    def updates(self) -> tuple[StepUpdate, ...]:
+        """``update`` of each sampling timestep, in sampling order."""
+        return tuple(self.update(t) for t in self.timesteps)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        sample: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x at the next sampling timestep from x_t (``sample``) and the model's output;
+        ``noise`` is the step's z (drawn if None and the step is stochastic)."""
+        c = self.coefficients(t)
+        if self._epsilon_unclipped():
+            on_sample, on_output = self._folded_weights(c)
+            prev = _linear(on_sample, sample, on_output, model_output)
+        else:
+            x0 = self._predict_x0(model_output, c, sample)
+            a, b = self._update_weights(c)
+            prev = _linear(a, x0, b, sample)
+        return self._add_step_noise(prev, c.std, noise)
+
+    def _update_weights(self, c: _StepCoefficients) -> tuple[float, float]:
+        """(a, b) of the step's mean ``a * x_0 + b * x_t`` given the (clipped) x_0 estimate."""
+        raise NotImplementedError
+
+    def _folded_weights(self, c: _StepCoefficients) -> tuple[float, float]:
+        """The same mean as coefficients of (x_t, eps) when x_0 is an unclipped epsilon
+        estimate: x_0 need not be formed."""
+        raise NotImplementedError
+
     def _predict_x0(self, model_output: torch.Tensor, c: _StepCoefficients, sample):
         if self.config.prediction_type == "epsilon":
-            # (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+            # Ho et al. eq. 15: (x_t - sqrt(1 - abar) eps) / sqrt(abar)
             x0 = (sample - c.sqrt_one_minus_abar * model_output) * (1.0 / c.sqrt_abar)
         else:
             x0 = model_output
@@ -208,7 +180,10 @@ class _SchedulerBase:
 
 
 class DDPMScheduler(_SchedulerBase):
-    """Ancestral sampling from the posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7).
+    """Ancestral sampling from the posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7):
+    mean ``c_x0 x_0 + c_xt x_t`` with ``c_x0 = sqrt(abar_prev) beta_t / (1 - abar_t)``,
+    ``c_xt = sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t)``, variance
+    ``beta_tilde_t = (1 - abar_prev) / (1 - abar_t) beta_t`` (the sigma^2 of section 3.2).
 
     With fewer sampling steps than training steps, a step from t to ``prev_t`` uses the
     same formulas with ``alpha = abar_t / abar_prev`` (the composed forward process).
@@ -236,27 +211,20 @@ class DDPMScheduler(_SchedulerBase):
     def posterior_variance(self, t: int) -> float:
         return self.coefficients(t).std ** 2
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        t: int,
-        sample: torch.Tensor,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        c = self.coefficients(t)
+    def _update_weights(self, c: _StepCoefficients) -> tuple[float, float]:
+        return c.c_x0, c.c_xt
+
+    def _folded_weights(self, c: _StepCoefficients) -> tuple[float, float]:
+        # mean = c_x0 (x_t - s1m eps) / s + c_xt x_t
         s, s1m = c.sqrt_abar, c.sqrt_one_minus_abar
-        if self._epsilon_unclipped():
-            # mean = c_x0 (x_t - s1m eps) / s + c_xt x_t, folded into two constants.
-            mean = _linear(c.c_x0 / s + c.c_xt, sample, -c.c_x0 * s1m / s, model_output)
-        else:
-            x0 = self._predict_x0(model_output, c, sample)
-            mean = _linear(c.c_x0, x0, c.c_xt, sample)
-        return self._add_step_noise(mean, c.std, noise)
+        return c.c_x0 / s + c.c_xt, -c.c_x0 * s1m / s
 
 
 class DDIMScheduler(_SchedulerBase):
-    """DDIM (Song et al. eq. 12): eta = 0 is a deterministic map, eta = 1 matches DDPM's
-    variance. The last step lands on abar = 1, so it returns the x_0 estimate itself."""
+    """DDIM (Song et al. eq. 12): ``x_prev = sqrt(abar_prev) x_0 + sqrt(1 - abar_prev -
+    sigma^2) eps + sigma z`` with ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t))
+    sqrt(1 - abar_t / abar_prev)`` (eq. 16): eta = 0 is a deterministic map, eta = 1 matches
+    DDPM's variance. The last step lands on abar = 1, so it returns the x_0 estimate itself."""
 
     def __init__(self, config: NoiseScheduleConfig | None = None, eta: float = 0.0) -> None:
         if eta < 0:
@@ -282,24 +250,16 @@ class DDIMScheduler(_SchedulerBase):
             std=std,
         )
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        t: int,
-        sample: torch.Tensor,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        c = self.coefficients(t)
+    def _update_weights(self, c: _StepCoefficients) -> tuple[float, float]:
+        # The noise direction consistent with the (clipped) x_0 estimate,
+        # eps = (x_t - s x_0) / s1m, substituted: prev is linear in (x_0, x_t).
         s, s1m = c.sqrt_abar, c.sqrt_one_minus_abar
-        if self._epsilon_unclipped():
-            # prev = c_x0 (x_t - s1m eps) / s + direction * eps
-            prev = _linear(c.c_x0 / s, sample, c.c_xt - c.c_x0 * s1m / s, model_output)
-        else:
-            # The noise direction consistent with the (clipped) x_0 estimate,
-            # eps = (x_t - s x_0) / s1m, substituted: prev is linear in (x_0, x_t).
-            x0 = self._predict_x0(model_output, c, sample)
-            prev = _linear(c.c_x0 - c.c_xt * s / s1m, x0, c.c_xt / s1m, sample)
-        return self._add_step_noise(prev, c.std, noise)
+        return c.c_x0 - c.c_xt * s / s1m, c.c_xt / s1m
+
+    def _folded_weights(self, c: _StepCoefficients) -> tuple[float, float]:
+        # prev = c_x0 (x_t - s1m eps) / s + direction * eps
+        s, s1m = c.sqrt_abar, c.sqrt_one_minus_abar
+        return c.c_x0 / s, c.c_xt - c.c_x0 * s1m / s
 
 
 def _linear(a: float, x: torch.Tensor, b: float, y: torch.Tensor) -> torch.Tensor:

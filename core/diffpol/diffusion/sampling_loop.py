@@ -1,0 +1,116 @@
+"""The interface of a sampling loop, and the typed description of a denoising loop.
+
+A *sampling loop* is an ``nn.Module`` that maps normalised observations and noise to a
+normalised action chunk (``SamplingLoop``). The trainer builds them; the sampler exports
+them to ONNX. A *denoising* loop also describes itself (``SamplingLoopSpec``): its
+denoiser and, per step, the affine update the scheduler applies (``StepUpdate``), so an
+exporter can rebuild the loop from numbers the scheduler computed, without re-deriving or
+measuring them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class SamplingLoop(Protocol):
+    """What the ONNX export expects of a loop::
+
+        forward(obs_norm [B, To, obs_dim], noise [B, T, act_dim],
+                step_noise [B, K, T, act_dim] | None = None) -> action_norm [B, T, act_dim]
+
+    ``sampler`` names the sampler ('ddim', 'ddpm', 'bc', ...), ``steps`` counts its denoiser
+    calls and ``step_noise_steps`` (K) the steps that add fresh noise (0: ``step_noise`` is
+    not used). Loops unroll in Python with Python-float coefficients, so tracing one yields
+    a static graph with constants. A denoising loop also has ``spec`` (``SamplingLoopSpec``).
+    """
+
+    sampler: str
+    steps: int
+    step_noise_steps: int
+
+    def __call__(
+        self, obs_norm: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+class MlpDenoiser(Protocol):
+    """An MLP denoiser whose first layer is split by input (a sum of three ``nn.Linear``):
+    ``out(act(...act(in_sample(x) + in_cond(obs) + in_time(emb_t))...))`` over the flat
+    sample x [B, T*act_dim], the flat normalised observations obs [B, To*obs_dim] and the
+    timestep embedding emb_t, with ``hidden`` the layers between first and ``out``."""
+
+    in_sample: nn.Linear
+    in_cond: nn.Linear
+    in_time: nn.Linear
+    hidden: nn.ModuleList
+    out: nn.Linear
+    act: nn.Module
+
+    def denoise(
+        self, x_flat: torch.Tensor, cond_term: torch.Tensor, time_term: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    """One reverse step from timestep ``timestep``, as an affine map of the denoiser's
+    output m and the sample x, with z the step's fresh noise::
+
+        x0_estimate = x0_from_output * m + x0_from_sample * x   (clipped if the loop clips)
+        x_next = x0_weight * x0_estimate + sample_weight * x + noise_std * z
+
+    DDPM and DDIM with epsilon or sample prediction all have this form
+    (``schedulers.DDPMScheduler``, ``schedulers.DDIMScheduler``)."""
+
+    timestep: int
+    x0_from_output: float
+    x0_from_sample: float
+    x0_weight: float
+    sample_weight: float
+    noise_std: float
+
+    def __post_init__(self) -> None:
+        if not self.noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the step adds fresh noise (takes one slice of ``step_noise``)."""
+        return self.noise_std > 0
+
+
+# eq=False: fields hold a module and a tensor, which have no value equality.
+@dataclass(frozen=True, eq=False)
+class SamplingLoopSpec:
+    """A denoising loop in numbers: step i computes ``m = denoiser.denoise(x, in_cond(obs),
+    in_time(time_features[i]))`` and then ``updates[i]``; the last step's x is the action
+    chunk (normalised, flat)."""
+
+    denoiser: MlpDenoiser
+    time_features: torch.Tensor  # [steps, time_embed_dim]: each step's timestep embedded
+    updates: tuple[StepUpdate, ...]
+    clip_range: float | None  # x0 estimate clipped to [-r, r], or not clipped
+
+    def __post_init__(self) -> None:
+        if not self.updates:
+            raise ValueError("a sampling loop needs at least one step")
+        if self.time_features.dim() != 2 or self.time_features.shape[0] != len(self.updates):
+            raise ValueError(
+                f"time_features must be [steps, dim] with steps = {len(self.updates)}, got "
+                f"{list(self.time_features.shape)}"
+            )
+        if self.clip_range is not None and not self.clip_range > 0:
+            raise ValueError(f"clip_range must be > 0 or None, got {self.clip_range}")
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        return tuple(u.timestep for u in self.updates)
+
+    @property
+    def step_noise_steps(self) -> int:
+        return sum(u.stochastic for u in self.updates)
