@@ -9,7 +9,7 @@ and ``worker_output_to`` send it to a file instead:
   swapped for one file handler, their file handlers (Ray's session logs) kept;
 - worker stdout/stderr that Ray streams to the driver (``log_to_driver``): Ray prints it
   through one handler of its stream dispatcher, which is swapped for one writing to the
-  file (a private Ray API, checked by this module's test);
+  file (a private Ray API, checked by ray_session_test);
 - Ray Data's progress bars are turned off (a bar in a file is noise).
 
 Everything is restored on exit.
