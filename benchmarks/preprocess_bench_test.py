@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from diffpol.contracts.ray_data import data_context
 from diffpol.preprocess import PreprocessConfig, preprocess
 from diffpol.preprocess.pipeline import split_samples
 from diffpol.preprocess.ray_settings import pipeline_data_context
@@ -233,12 +234,8 @@ def test_random_shuffle_of_in_memory_rows(benchmark, ray_local, settings):
             with pipeline_data_context(progress=False):
                 n = ray.data.from_items(items).random_shuffle(seed=0).materialize().count()
         else:
-            ctx = ray.data.DataContext.get_current()
-            previous, ctx.enable_progress_bars = ctx.enable_progress_bars, False
-            try:
+            with data_context({"enable_progress_bars": False}):
                 n = ray.data.from_items(items).random_shuffle(seed=0).materialize().count()
-            finally:
-                ctx.enable_progress_bars = previous
         assert n == 10_000
         return time.perf_counter() - start
 

@@ -2,7 +2,8 @@
 
 Components talk to each other only through these: the Arrow schema of transitions, the
 sampler's tensor encoding, the exported model's metadata, the shared noise stream, the
-policy interface and the policy specs that name policies.
+policy interface and the policy specs that name policies; and they reach Ray one way,
+``ray_session``.
 """
 
 from diffpol.contracts.arrow import (
@@ -22,6 +23,7 @@ from diffpol.contracts.policy_specs import (
     build_policy,
     parse_policy_spec,
 )
+from diffpol.contracts.ray_session import RaySessionConfig, ray_session
 from diffpol.contracts.tensor import numpy_to_tensor, tensor_to_numpy
 from diffpol.contracts.version import CONTRACT_VERSION
 
@@ -38,6 +40,7 @@ __all__ = [
     "Policy",
     "PolicyRef",
     "PolicySpec",
+    "RaySessionConfig",
     "batch_from_envelope",
     "batch_to_envelope",
     "build_policy",
@@ -46,6 +49,7 @@ __all__ = [
     "draw_sampler_noise",
     "numpy_to_tensor",
     "parse_policy_spec",
+    "ray_session",
     "read_model_metadata",
     "tensor_to_numpy",
     "transition_schema",

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from diffpol.contracts import Policy, PolicySpec
+from diffpol.contracts.ray_session import ray_session
 from diffpol.evaluator.envs import (
     AUTO_BACKEND,
     EnvInfo,
@@ -72,7 +72,9 @@ class EvalConfig:
     # Ray address to connect to when Ray is not initialised yet (None: start a local one).
     address: str | None = None
     record_examples: bool = True
-    progress: bool = False
+    # True: a progress bar per policy; a callable: called with each finished chunk's
+    # number of episodes (a caller's own progress display).
+    progress: bool | Callable[[int], None] = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,11 @@ class PreparedEvaluation:
     specs: dict[str, PolicySpec]
     driver_only: frozenset[str]  # labels of policies that cannot be sent to Ray workers
 
+    @property
+    def needs_ray(self) -> bool:
+        """Whether any policy runs on Ray actors."""
+        return self.config.workers != 0 and len(self.driver_only) < len(self.sources)
+
 
 def evaluate(
     policies: Sequence[PolicyInput | PolicySource] | Mapping[str, PolicyInput],
@@ -142,7 +149,7 @@ def evaluate(
     backend: str = AUTO_BACKEND,
     address: str | None = None,
     record_examples: bool = True,
-    progress: bool = False,
+    progress: bool | Callable[[int], None] = False,
     pool: EpisodeWorkers | None = None,
 ) -> EvaluationResult:
     """Evaluate each policy on the env seeds ``seeds`` (``"0:1000"``, ``range(0, 1000)`` or a
@@ -239,10 +246,9 @@ def run_prepared(
     config = prepared.config
     if pool is not None:
         pool.check_matches(prepared)
-    needs_ray = config.workers != 0 and len(prepared.driver_only) < len(prepared.sources)
     driver = _DriverRunner(prepared)
     with contextlib.ExitStack() as stack:
-        if pool is None and needs_ray:
+        if pool is None and prepared.needs_ray:
             pool = stack.enter_context(EpisodeWorkers.for_evaluation(prepared))
         results = []
         for source in prepared.sources:
@@ -443,7 +449,7 @@ class EpisodeWorkers(_Runner):
         self._workers, self._address, self._max_actors = workers, address, max_actors
         self.start_timeout_s = start_timeout_s
         self._actors: list = []
-        self._started_ray = False
+        self._ray: contextlib.ExitStack | None = None
 
     @classmethod
     def for_evaluation(cls, prepared: PreparedEvaluation) -> EpisodeWorkers:
@@ -471,16 +477,16 @@ class EpisodeWorkers(_Runner):
             raise EvaluationConfigError("the EpisodeWorkers are not started: use them in a with")
 
     def __enter__(self) -> EpisodeWorkers:
+        with contextlib.ExitStack() as stack:
+            # Stopped (if this call started it) when the workers are.
+            stack.enter_context(ray_session(self._address, log_to_driver=False))
+            self._actors = self._start_actors()
+            self._ray = stack.pop_all()
+        return self
+
+    def _start_actors(self) -> list:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(
-                address=self._address,
-                include_dashboard=False,
-                log_to_driver=False,
-                runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
-            )
-            self._started_ray = True
         count = self._workers
         if count is None:
             count = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -492,8 +498,7 @@ class EpisodeWorkers(_Runner):
             actor_class.remote(self.env, self.view, self.backend, self.noise_seed)
             for _ in range(count)
         ]
-        self._actors = self._started(actors)
-        return self
+        return self._started(actors)
 
     def _started(self, actors: list) -> list:
         """The actors that started within ``start_timeout_s``; the others are killed (an
@@ -527,9 +532,9 @@ class EpisodeWorkers(_Runner):
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
-        if self._started_ray:
-            ray.shutdown()
-            self._started_ray = False
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
 
     def load(self, source: PolicySource) -> None:
         import ray
@@ -612,9 +617,25 @@ def _picklable(source: PolicySource) -> bool:
     return True
 
 
-def _progress(items: Iterable, *, total: int, desc: str, enabled: bool) -> Iterable:
+def _progress(
+    items: Iterable[ChunkResult],
+    *,
+    total: int,
+    desc: str,
+    enabled: bool | Callable[[int], None],
+) -> Iterable[ChunkResult]:
     if not enabled:
         return items
+    if callable(enabled):
+        return _reporting(items, enabled)
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=desc, unit="chunk", file=sys.stderr)
+
+
+def _reporting(
+    items: Iterable[ChunkResult], report: Callable[[int], None]
+) -> Iterator[ChunkResult]:
+    for item in items:
+        report(len(item.seeds))
+        yield item

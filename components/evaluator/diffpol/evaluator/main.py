@@ -10,6 +10,7 @@ sampler addresses) before any episode runs; a bad one exits with status 2 and a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -93,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    result = run_prepared(prepared)
+    from diffpol.contracts.ray_session import ray_session
+
+    with (
+        ray_session(args.address, log_to_driver=False)
+        if prepared.needs_ray
+        else contextlib.nullcontext()
+    ):
+        result = run_prepared(prepared)
     comparison = comparison_of(result)
     files = write_outputs(result, args.out, comparison)
     print(comparison.to_markdown())

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from diffpol.contracts.errors import ContractError
+from diffpol.contracts.ray_session import ray_session
 from diffpol.preprocess.config import NORM_MODES, PreprocessConfig
 from diffpol.preprocess.pipeline import preprocess
 from diffpol.preprocess.sources import open_sources
@@ -138,22 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
 
-    import ray
-
-    # A caller that already connected Ray (a notebook, a test) keeps its connection.
-    owns_ray = not ray.is_initialized()
-    if owns_ray and args.address:
-        ray.init(address=args.address)
-    elif owns_ray:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     try:
-        result = preprocess(sources, args.out, config, overwrite=args.overwrite)
+        # A caller that already connected Ray (a notebook, a test) keeps its connection.
+        with ray_session(args.address, num_cpus=args.num_cpus):
+            result = preprocess(sources, args.out, config, overwrite=args.overwrite)
     except (ContractError, FileExistsError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if owns_ray:
-            ray.shutdown()
     info = result.info
     print(
         f"wrote {result.out_dir}: train {info.train.rows} samples / {info.train.episodes} episodes, "

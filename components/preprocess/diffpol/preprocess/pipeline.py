@@ -33,6 +33,7 @@ from ray.exceptions import RayTaskError
 from diffpol.contracts.atomic import atomic_directory, atomic_write_json
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
+from diffpol.contracts.ray_session import ray_session
 from diffpol.preprocess.config import PreprocessConfig
 from diffpol.preprocess.ray_settings import pipeline_data_context
 from diffpol.preprocess.samples import (
@@ -76,7 +77,7 @@ def preprocess(
 
     Raises ContractError (a ValueError) for bad or incompatible inputs and FileExistsError
     when ``out_dir`` exists and ``overwrite`` is false. Uses the connected Ray cluster, or
-    starts a local one.
+    starts a local one for the call and shuts it down after it.
     """
     config = config or PreprocessConfig()
     out_dir = Path(out_dir)
@@ -95,9 +96,7 @@ def preprocess(
         sources.rows,
         sources.env_id,
     )
-    if not ray.is_initialized():
-        ray.init()
-    with pipeline_data_context(progress=config.progress):
+    with ray_session(), pipeline_data_context(progress=config.progress):
         stats = _ray_stage(seconds, "stats", collect_stats, sources)
         normalizer = stats.fit_normalizer(config)
         plans = split_episodes(

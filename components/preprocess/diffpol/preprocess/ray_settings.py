@@ -12,7 +12,8 @@ benchmarks/RESULTS.md, "Preprocess"):
   of the seed tutorial's slow ``random_shuffle`` over 10k rows is that); two blocks per
   CPU keep every core busy without the per-block overhead.
 
-``DataContext`` is process-global, so the previous values are restored on exit.
+``DataContext`` is process-global, so the previous values are restored on exit
+(``diffpol.contracts.ray_data``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import ray
 from ray.data import DataContext
 from ray.data.context import ShuffleStrategy
 
+from diffpol.contracts.ray_data import data_context, quiet_data_settings
+
 
 def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
@@ -31,35 +34,20 @@ def cluster_cpus() -> int:
 
 @contextlib.contextmanager
 def pipeline_data_context(*, progress: bool) -> Iterator[DataContext]:
-    """Apply this component's Ray Data settings to the current context, then restore them."""
-    ctx = DataContext.get_current()
+    """Apply this component's Ray Data settings while the block runs."""
     settings = {
         "use_datasource_v2": False,
         "shuffle_strategy": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED,
         "read_op_min_num_blocks": 2 * cluster_cpus(),
-        "enable_progress_bars": progress,
-        "print_on_execution_start": progress,
+        **quiet_data_settings(progress=progress),
         # Errors raised in our map functions (e.g. a ContractError naming a broken
         # episode) reach the caller as themselves rather than as UserCodeException.
         "raise_original_map_exception": True,
     }
-    previous = {name: getattr(ctx, name) for name in settings}
-    try:
-        for name, value in settings.items():
-            setattr(ctx, name, value)
+    with data_context(settings) as ctx:
         yield ctx
-    finally:
-        for name, value in previous.items():
-            setattr(ctx, name, value)
 
 
-@contextlib.contextmanager
-def reader_data_context() -> Iterator[None]:
+def reader_data_context() -> contextlib.AbstractContextManager:
     """Only the V1 Parquet reader (see above), for callers reading the samples."""
-    ctx = DataContext.get_current()
-    previous = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = False
-    try:
-        yield
-    finally:
-        ctx.use_datasource_v2 = previous
+    return data_context({"use_datasource_v2": False})

@@ -28,6 +28,7 @@ import pyarrow as pa
 from diffpol.contracts import batch_from_envelope
 from diffpol.contracts.dataset import DatasetManifest
 from diffpol.contracts.errors import ContractError
+from diffpol.contracts.ray_session import ray_session
 from diffpol.rollout.envs import get_env_spec, resolve_backend
 from diffpol.rollout.plan import decode_params, episode_ids, make_plan, shard_indices, split_shards
 from diffpol.rollout.policies import DataPolicy, make_policy
@@ -115,10 +116,7 @@ def collect(
     _check_out_dir(out_dir, overwrite)
     start = time.perf_counter()
     job = _Job.prepare(plan, backend, shard_episodes or envs_per_actor)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(address, log_to_driver=False):
         cpus = ray.cluster_resources().get("CPU", 0.0)
         if num_actors * cpus_per_actor > cpus:
             raise ValueError(
@@ -150,9 +148,6 @@ def collect(
             )
         finally:
             pool.shutdown()
-    finally:
-        if started_ray:
-            ray.shutdown()
     return CollectResult(
         path=Path(out_dir),
         manifest=manifest,

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    from diffpol.contracts.ray_session import ray_session
     from diffpol.rollout.collect import CollectError, collect, resolve_plan
 
     plan = make_plan(
@@ -153,17 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(transitions=report.transitions, refresh=False)
 
     try:
-        result = collect(
-            plan,
-            args.out,
-            num_actors=args.actors,
-            envs_per_actor=args.envs_per_actor,
-            backend=args.backend,
-            shard_episodes=args.shard_episodes,
-            overwrite=args.overwrite,
-            progress=progress,
-            address=args.address,
-        )
+        with ray_session(args.address, log_to_driver=False):
+            result = collect(
+                plan,
+                args.out,
+                num_actors=args.actors,
+                envs_per_actor=args.envs_per_actor,
+                backend=args.backend,
+                shard_episodes=args.shard_episodes,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
     except CollectError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -9,7 +9,6 @@ and serves until SIGINT or SIGTERM, then shuts the server down gracefully.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import threading
 from pathlib import Path
@@ -94,38 +93,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from diffpol.contracts.ray_session import ray_session
     from diffpol.sampler.actor import start_sampler_actor
 
     print(
         "starting Ray ..." if args.address is None else f"joining Ray at {args.address} ...",
         flush=True,
     )
-    runtime_env = None
-    if os.environ.get("PYTHONPATH"):
-        runtime_env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
-    ray.init(
-        address=args.address,
-        include_dashboard=False if args.address is None else None,
-        runtime_env=runtime_env,
-        log_to_driver=False,
-    )
-    # After ray.init, which installs its own SIGTERM handler: ours shuts down gracefully.
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    actor = None
-    try:
-        print("starting sampler actor ...", flush=True)
-        actor, address = start_sampler_actor(args.model, config, max_restarts=args.max_restarts)
-        print(f"serving on grpc://{address}", flush=True)
-        while not stop.wait(0.5):
-            pass
-        print("shutting down ...", flush=True)
-        ray.get(actor.stop.remote(), timeout=config.shutdown_grace_s + 10)
-    finally:
-        if actor is not None:
-            ray.kill(actor, no_restart=True)
-        ray.shutdown()
+    with ray_session(args.address, log_to_driver=False):
+        # After ray.init, which installs its own SIGTERM handler: ours shuts down gracefully.
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        actor = None
+        try:
+            print("starting sampler actor ...", flush=True)
+            actor, address = start_sampler_actor(args.model, config, max_restarts=args.max_restarts)
+            print(f"serving on grpc://{address}", flush=True)
+            while not stop.wait(0.5):
+                pass
+            print("shutting down ...", flush=True)
+            ray.get(actor.stop.remote(), timeout=config.shutdown_grace_s + 10)
+        finally:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
     print("stopped", flush=True)
     return 0
 

@@ -23,6 +23,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the preset's)")
     p.add_argument("--gpus", type=float, help="GPUs for training (default: 0)")
     p.add_argument("--epochs", type=int, help="diffusion epochs (default: the preset's)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own output on the console (default: in OUT/ray.log)",
+    )
     args = p.parse_args(argv)
     for name in ("workers", "epochs"):
         value = getattr(args, name)
@@ -44,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     preset = resolve_preset(args.preset, workers=args.workers, gpus=args.gpus, epochs=args.epochs)
     from diffpol.trainer.pipeline import run_pipeline
 
-    summary = run_pipeline(preset, args.out, seed=args.seed, address=args.address)
+    summary = run_pipeline(
+        preset, args.out, seed=args.seed, address=args.address, verbose=args.verbose
+    )
     print(json.dumps({"out": str(args.out.resolve()), "eval": summary["eval"]}, indent=2))
     return 0
 

@@ -13,6 +13,8 @@ checkpoint (or returns a finished run) and redoes only the cheap stages after it
     checkpoints/     Ray Train storage: a checkpoint every epoch of every policy, each
                      holding every policy trained so far
     metrics.csv      the diffusion policy's metrics, one row per epoch
+    ray.log          Ray's own output (its loggers, Ray Data's, the workers'), unless
+                     the run is verbose
     plots/*.png      loss curves, return distributions, example trajectories
     summary.json     eval mean/std/n per policy, stage timings, versions
     report.md        what ran, the comparison tables, the plots
@@ -30,25 +32,23 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
+from diffpol.contracts.ray_session import ray_session
 from diffpol.trainer.config import Config, ModelConfig, PolicyType
+from diffpol.trainer.console import WatchedRun, epoch_progress, log, progress_bar
 from diffpol.trainer.faults import kill_worker_from_env
+from diffpol.trainer.metrics import METRICS_CSV
 from diffpol.trainer.presets import Preset
-from diffpol.trainer.ray_session import ray_session
 from diffpol.trainer.training import PolicyRun, TrainResult, train_many
 
 # The baselines the report compares against, trained on the same samples.
 BASELINES: tuple[PolicyType, ...] = ("bc", "seed-tutorial")
-
-
-def log(message: str) -> None:
-    print(f"[diffpol {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+RAY_LOG = "ray.log"
 
 
 @contextlib.contextmanager
@@ -60,7 +60,16 @@ def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     log(f"stage {name}: done in {timings[name]:.1f} s")
 
 
-def run_pipeline(preset: Preset, out_dir: str | Path, *, seed: int, address: str | None) -> dict:
+def run_pipeline(
+    preset: Preset,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    address: str | None,
+    verbose: bool = False,
+) -> dict:
+    """Run every stage into ``out_dir``; Ray's own output goes to ``OUT/ray.log`` unless
+    ``verbose``."""
     out = Path(out_dir).resolve()
     # Checked before any work: a bad value is an error now, not after the data stages.
     kill = kill_worker_from_env(os.environ, preset.config.train.epochs)
@@ -68,11 +77,16 @@ def run_pipeline(preset: Preset, out_dir: str | Path, *, seed: int, address: str
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    with ray_session(address):
+    log_file = None if verbose else out / RAY_LOG
+    if log_file is not None:
+        log(f"Ray's logs: {log_file}")
+    with ray_session(address, log_file=log_file):
         with stage("collect", timings):
             dataset = collect_data(preset, out / "data", seed=seed)
         with stage("preprocess", timings):
-            samples = make_samples(preset, dataset, out / "samples", seed=seed)
+            samples = make_samples(
+                preset, dataset, out / "samples", seed=seed, ray_progress=verbose
+            )
         with stage("train", timings):
             runs = train_policies(preset, samples, out, seed=seed, callbacks=fault_callbacks)
         with stage("export", timings):
@@ -87,8 +101,6 @@ def run_pipeline(preset: Preset, out_dir: str | Path, *, seed: int, address: str
 
 
 def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
-    from tqdm import tqdm
-
     from diffpol.contracts import ContractError
     from diffpol.contracts.dataset import read_manifest
     from diffpol.rollout import collect, make_plan, resolve_plan
@@ -112,12 +124,12 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
             )
         log(f"reusing the complete dataset in {data_dir} ({manifest.transitions} transitions)")
         return data_dir
-    with tqdm(total=None, unit="shard", desc="collect") as bar:
+    with progress_bar(resolved.episodes, "episode", "collect") as bar:
         result = collect(
             plan,
             data_dir,
             num_actors=preset.rollout_actors,
-            progress=lambda report: bar.update(1),
+            progress=lambda report: bar.update(report.num_episodes),
             overwrite=True,
         )
     returns = result.manifest.returns
@@ -128,7 +140,9 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
     return data_dir
 
 
-def make_samples(preset: Preset, dataset: Path, samples_dir: Path, *, seed: int) -> Path:
+def make_samples(
+    preset: Preset, dataset: Path, samples_dir: Path, *, seed: int, ray_progress: bool = False
+) -> Path:
     from diffpol.preprocess import SAMPLES_FILE, PreprocessConfig, load_samples, preprocess
 
     model = preset.config.model
@@ -142,6 +156,7 @@ def make_samples(preset: Preset, dataset: Path, samples_dir: Path, *, seed: int)
         horizon=model.horizon,
         val_fraction=preset.val_fraction,
         seed=seed,
+        progress=ray_progress,
     )
     preprocess([dataset], samples_dir, config, overwrite=True)
     return samples_dir
@@ -189,9 +204,18 @@ def train_policies(
         + ", then ".join(f"{name} ({run.config.train.epochs} epochs)" for name, run in runs.items())
         + " in one Ray Train run"
     )
-    results = train_many(samples, runs)
-    for name, result in results.items():
-        log(f"trained {name}: {result.epochs_completed} epochs")
+    watched = [
+        WatchedRun(name, run.out_dir / METRICS_CSV, run.config.train.epochs)
+        for name, run in runs.items()
+    ]
+    with epoch_progress(watched):
+        results = train_many(samples, runs)
+    log(
+        "trained "
+        + ", ".join(
+            f"{name} ({result.epochs_completed} epochs)" for name, result in results.items()
+        )
+    )
     return results
 
 
@@ -214,7 +238,7 @@ def evaluate_policies(
 ) -> Evaluation:
     import ray
 
-    from diffpol.evaluator import EpisodeWorkers, compare
+    from diffpol.evaluator import EpisodeWorkers, SeedRange, compare
     from diffpol.sampler import start_sampler_actor
     from diffpol.trainer.policy import load_policy
 
@@ -224,43 +248,50 @@ def evaluate_policies(
     ddim = f"diffusion DDIM-{preset.ddim_steps}"
     try:
         log(f"sampler serving {onnx_path.name} at {grpc}")
+        checkpoint = runs["diffusion"].checkpoint_dir
+        parts = {
+            "headline": (
+                preset.eval_seeds,
+                {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
+            ),
+            "side_by_side": (
+                preset.torch_eval_seeds,
+                {
+                    "random": "random",
+                    "zero": "zero",
+                    "seed-tutorial": load_policy(runs["seed-tutorial"].checkpoint_dir),
+                    "BC": load_policy(runs["bc"].checkpoint_dir),
+                    "expert": "expert",
+                    f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)": load_policy(
+                        checkpoint, "ddpm", preset.ddpm_steps
+                    ),
+                    f"{ddim} (PyTorch)": load_policy(checkpoint, "ddim", preset.ddim_steps),
+                    f"{ddim} (ONNX)": str(onnx_path),
+                    f"{ddim} (gRPC)": grpc,
+                },
+            ),
+        }
+        episodes = sum(len(SeedRange.parse(seeds)) * len(p) for seeds, p in parts.values())
         # Both comparisons run on one set of episode actors (each a process to start).
-        with EpisodeWorkers(preset.env_id, noise_seed=seed) as pool:
-
-            def comparison(policies: dict, seeds: str, part: str):
-                return compare(
+        with (
+            EpisodeWorkers(preset.env_id, noise_seed=seed) as pool,
+            progress_bar(episodes, "episode", "evaluate") as bar,
+        ):
+            results = {
+                part: compare(
                     policies,
                     preset.env_id,
                     seeds,
                     noise_seed=seed,
                     out=eval_dir / part,
-                    progress=True,
+                    progress=bar.update,
                     pool=pool,
                 )
-
-            headline, headline_table = comparison(
-                {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
-                preset.eval_seeds,
-                "headline",
-            )
-            checkpoint = runs["diffusion"].checkpoint_dir
-            policies = {
-                "random": "random",
-                "zero": "zero",
-                "seed-tutorial": load_policy(runs["seed-tutorial"].checkpoint_dir),
-                "BC": load_policy(runs["bc"].checkpoint_dir),
-                "expert": "expert",
-                f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)": load_policy(
-                    checkpoint, "ddpm", preset.ddpm_steps
-                ),
-                f"{ddim} (PyTorch)": load_policy(checkpoint, "ddim", preset.ddim_steps),
-                f"{ddim} (ONNX)": str(onnx_path),
-                f"{ddim} (gRPC)": grpc,
+                for part, (seeds, policies) in parts.items()
             }
-            side_by_side, side_table = comparison(policies, preset.torch_eval_seeds, "side_by_side")
     finally:
         ray.kill(actor, no_restart=True)
-    return Evaluation(headline, headline_table, side_by_side, side_table)
+    return Evaluation(*results["headline"], *results["side_by_side"])
 
 
 # --- report -------------------------------------------------------------------------

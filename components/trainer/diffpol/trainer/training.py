@@ -26,18 +26,18 @@ policy trained so far (``worker.PolicyStates``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import shutil
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffpol.contracts.atomic import atomic_directory
+from diffpol.contracts.ray_data import data_context, quiet_data_settings
+from diffpol.contracts.ray_session import ray_session
 from diffpol.trainer.checkpoint import CheckpointError, read_checkpoint, verify_checkpoint_files
 from diffpol.trainer.config import Config, TrainConfig
 from diffpol.trainer.data import (
@@ -52,7 +52,6 @@ from diffpol.trainer.metrics import (
     plot_losses,
     write_metrics_csv,
 )
-from diffpol.trainer.ray_session import ray_session
 from diffpol.trainer.worker import train_loop_per_worker
 
 log = logging.getLogger("diffpol.trainer")
@@ -183,39 +182,6 @@ def _check_resources(train: TrainConfig) -> None:
         )
 
 
-_data_context_lock = threading.Lock()
-_data_context_users = 0
-_data_context_saved: dict[str, Any] = {}
-
-
-@contextlib.contextmanager
-def _data_context(progress: bool) -> Iterator[None]:
-    """Ray Data's progress bars and per-execution log lines follow ``progress``; restored
-    after the run (``DataContext`` is process-global, and Train ships it to the workers).
-    Runs training concurrently in one process (the pipeline's) share it: the first one in
-    saves the previous settings, the last one out restores them."""
-    from ray.data import DataContext
-
-    global _data_context_users
-    ctx = DataContext.get_current()
-    settings = {"enable_progress_bars": progress, "print_on_execution_start": progress}
-    with _data_context_lock:
-        if _data_context_users == 0:
-            _data_context_saved.update({name: getattr(ctx, name) for name in settings})
-        _data_context_users += 1
-        for name, value in settings.items():
-            setattr(ctx, name, value)
-    try:
-        yield
-    finally:
-        with _data_context_lock:
-            _data_context_users -= 1
-            if _data_context_users == 0:
-                for name, value in _data_context_saved.items():
-                    setattr(ctx, name, value)
-                _data_context_saved.clear()
-
-
 def _datasets_to_split(train_config: TrainConfig) -> list[str] | str:
     """Split every dataset among several workers. A single worker reads the validation
     set whole, which spares the run that split's coordinator actor (a process to start);
@@ -342,7 +308,9 @@ def train_many(
 
     first_out = next(iter(runs.values())).out_dir
     storage_path = settings.storage_path or str(first_out / RAY_RESULTS_DIR)
-    with ray_session(address), _data_context(settings.progress_bar):
+    # Ray Data's progress bars and per-execution log lines follow the run's progress_bar
+    # (Train ships the driver's DataContext to the workers).
+    with ray_session(address), data_context(quiet_data_settings(progress=settings.progress_bar)):
         from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
