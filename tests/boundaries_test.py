@@ -24,13 +24,9 @@ TEST_HELPERS = {"testing.py", "conftest.py"}
 
 # Crossings that exist today: (importing file, imported component package, why).
 PIPELINE = "the end-to-end pipeline lives in the trainer, not in a component of its own"
-SAMPLES = "the samples format (columns, schema, reader) lives in preprocess, not the contracts"
 KNOWN_CROSSINGS = {
     (path, package): why
     for path, package, why in [
-        ("components/trainer/diffpol/trainer/data.py", "preprocess", SAMPLES),
-        ("components/trainer/diffpol/trainer/synthetic.py", "preprocess", SAMPLES),
-        ("components/trainer/diffpol/trainer/worker.py", "preprocess", SAMPLES),
         (
             "components/trainer/diffpol/trainer/policy.py",
             "sampler",

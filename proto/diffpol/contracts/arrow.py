@@ -150,3 +150,28 @@ def _float_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if pa.types.is_fixed_size_list(column.type):
         column = column.flatten()  # null lists contribute no values
     return column.to_numpy(zero_copy_only=False)
+
+
+def fixed_list_values(
+    column: pa.ChunkedArray | pa.Array, width: int, *, keep_null_slots: bool = False
+) -> np.ndarray:
+    """A fixed_size_list<float32>[width] column as a ``[n, width]`` float32 array."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        if keep_null_slots:
+            # .values ignores the list-level validity (and the slice offset handled below).
+            values = chunk.values.slice(chunk.offset * width, len(chunk) * width)
+        else:
+            values = chunk.flatten()
+        parts.append(values.to_numpy(zero_copy_only=False).reshape(-1, width))
+    if not parts:
+        return np.zeros((0, width), np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def fixed_list_array(values: np.ndarray) -> pa.FixedSizeListArray:
+    """``[n, ...]`` values as a fixed_size_list<float32> column, each row flattened."""
+    flat = np.ascontiguousarray(values, np.float32)
+    flat = flat.reshape(len(values), int(np.prod(values.shape[1:])))
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])

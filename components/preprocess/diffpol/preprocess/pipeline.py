@@ -34,20 +34,21 @@ from diffpol.contracts.atomic import atomic_directory, atomic_write_json
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.contracts.ray_session import ray_session
-from diffpol.preprocess.config import PreprocessConfig
-from diffpol.preprocess.ray_settings import pipeline_data_context
-from diffpol.preprocess.samples import (
+from diffpol.contracts.samples import (
     NORMALIZER_FILE,
     SAMPLES_FILE,
     SAMPLES_VERSION,
     SPLITS,
     SamplesInfo,
     SplitInfo,
+    sample_schema,
 )
+from diffpol.preprocess.config import PreprocessConfig
+from diffpol.preprocess.ray_settings import pipeline_data_context
 from diffpol.preprocess.sources import INPUT_COLUMNS, Sources, open_sources
 from diffpol.preprocess.split import SplitPlan, split_episodes
 from diffpol.preprocess.stats import DataStats, collect_stats
-from diffpol.preprocess.windows import build_windows, sample_schema
+from diffpol.preprocess.windows import build_windows
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

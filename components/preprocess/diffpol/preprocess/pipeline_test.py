@@ -11,20 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.dataset import data_files
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import Normalizer
-from diffpol.preprocess import (
-    PreprocessConfig,
-    load_samples,
-    pipeline,
-    preprocess,
-    sample_arrays,
-    sample_datasets,
-    unflatten,
-)
+from diffpol.contracts.samples import load_samples, sample_arrays, sample_datasets, unflatten
+from diffpol.preprocess import PreprocessConfig, pipeline, preprocess
 from diffpol.preprocess.synthetic import synthetic_episodes, write_dataset, write_synthetic_dataset
-from diffpol.preprocess.windows import fixed_list_values, label_values
+from diffpol.preprocess.windows import label_values
 
 LENGTHS = [30, 1, 17, 40, 25, 9, 33, 12, 20, 3]
 CONFIG = PreprocessConfig(

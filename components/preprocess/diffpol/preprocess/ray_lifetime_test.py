@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ray
 
-from diffpol.preprocess import PreprocessConfig, load_samples, preprocess
+from diffpol.contracts.samples import load_samples
+from diffpol.preprocess import PreprocessConfig, preprocess
 from diffpol.preprocess.synthetic import write_synthetic_dataset
 
 

@@ -46,8 +46,3 @@ def pipeline_data_context(*, progress: bool) -> Iterator[DataContext]:
     }
     with data_context(settings) as ctx:
         yield ctx
-
-
-def reader_data_context() -> contextlib.AbstractContextManager:
-    """Only the V1 Parquet reader (see above), for callers reading the samples."""
-    return data_context({"use_datasource_v2": False})

@@ -16,11 +16,12 @@ import pyarrow as pa
 import ray
 
 from diffpol.contracts import validate_batch
+from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.preprocess.config import PreprocessConfig
 from diffpol.preprocess.sources import Sources
-from diffpol.preprocess.windows import fixed_list_values, label_values, lookup_lengths
+from diffpol.preprocess.windows import label_values, lookup_lengths
 
 
 @dataclass(frozen=True)

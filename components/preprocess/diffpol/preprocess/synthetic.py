@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffpol.contracts import SCHEMA_VERSION, transition_schema
+from diffpol.contracts.arrow import fixed_list_array
 from diffpol.contracts.atomic import atomic_write_json
 from diffpol.contracts.dataset import (
     DATA_DIR,
@@ -72,8 +73,8 @@ def synthetic_episodes(
             "episode_id": pa.array(episode_index + first_episode_id, pa.int64()),
             "seed": pa.array(episode_index + 1000 * first_episode_id, pa.int64()),
             "step": pa.array(step, pa.int32()),
-            "obs": _fixed(obs),
-            "action": _fixed(action),
+            "obs": fixed_list_array(obs),
+            "action": fixed_list_array(action),
             "reward": pa.array(rng.normal(size=n), pa.float32()),
             "terminated": pa.array(terminated),
             "truncated": pa.array(truncated),
@@ -151,9 +152,3 @@ def write_synthetic_dataset(
         for i in range(0, len(lengths), episodes_per_file)
     ]
     return write_dataset(root, parts, env_id=env_id, obs_dim=obs_dim, act_dim=act_dim, seed=seed)
-
-
-def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(
-        pa.array(np.ascontiguousarray(values, np.float32).ravel()), values.shape[1]
-    )

@@ -1,6 +1,7 @@
 """Training samples from whole episodes: an observation history and an action chunk per step.
 
-For the row at ``step`` t of an episode with steps 0..L-1 (see the architecture, item 4):
+For the row at ``step`` t of an episode with steps 0..L-1 (the samples format:
+``diffpol.contracts.samples``):
 
 - ``obs``    = normalized obs at t-To+1 .. t, where a step before 0 repeats the obs at step 0;
 - ``action`` = normalized labels at t .. t+T-1, where a step past L-1 repeats the label at L-1.
@@ -15,28 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from diffpol.contracts.arrow import fixed_list_array, fixed_list_values
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer
-
-SAMPLE_COLUMNS = ("episode_id", "step", "obs", "action")
-
-
-def sample_schema(n_obs_steps: int, horizon: int, obs_dim: int, act_dim: int) -> pa.Schema:
-    """Arrow schema of one training sample (what train/ and val/ Parquet files hold)."""
-    return pa.schema(
-        [
-            pa.field("episode_id", pa.int64(), nullable=False),
-            pa.field("step", pa.int32(), nullable=False),
-            pa.field("obs", pa.list_(pa.float32(), n_obs_steps * obs_dim), nullable=False),
-            pa.field("action", pa.list_(pa.float32(), horizon * act_dim), nullable=False),
-        ],
-        metadata={
-            b"diffpol.n_obs_steps": str(n_obs_steps).encode(),
-            b"diffpol.horizon": str(horizon).encode(),
-            b"diffpol.obs_dim": str(obs_dim).encode(),
-            b"diffpol.act_dim": str(act_dim).encode(),
-        },
-    )
+from diffpol.contracts.samples import sample_schema
 
 
 def label_values(table: pa.Table, act_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,24 +34,6 @@ def label_values(table: pa.Table, act_dim: int) -> tuple[np.ndarray, np.ndarray]
     # flattening the chunks keeps rows aligned; np.where then picks per row.
     expert = fixed_list_values(expert_col, act_dim, keep_null_slots=True)
     return np.where(has_expert[:, None], expert, action), has_expert
-
-
-def fixed_list_values(
-    column: pa.ChunkedArray | pa.Array, width: int, *, keep_null_slots: bool = False
-) -> np.ndarray:
-    """A fixed_size_list<float32>[width] column as a ``[n, width]`` float32 array."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    parts = []
-    for chunk in chunks:
-        if keep_null_slots:
-            # .values ignores the list-level validity (and the slice offset handled below).
-            values = chunk.values.slice(chunk.offset * width, len(chunk) * width)
-        else:
-            values = chunk.flatten()
-        parts.append(values.to_numpy(zero_copy_only=False).reshape(-1, width))
-    if not parts:
-        return np.zeros((0, width), np.float32)
-    return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def episode_bounds(episode_id: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +104,8 @@ def build_windows(
         [
             pa.array(ep_sorted, pa.int64()),
             pa.array(step[order].astype(np.int32)),
-            _fixed(obs_windows),
-            _fixed(action_windows),
+            fixed_list_array(obs_windows),
+            fixed_list_array(action_windows),
         ],
         schema=schema,
     )
@@ -166,8 +131,3 @@ def _check_lengths(
             "dataset (the episode was split across blocks, or is not in this split); its "
             "windows would be wrong"
         )
-
-
-def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(values, np.float32).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])

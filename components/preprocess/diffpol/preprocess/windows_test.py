@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer
 from diffpol.preprocess.synthetic import synthetic_episodes
-from diffpol.preprocess.windows import build_windows, fixed_list_values, label_values
+from diffpol.preprocess.windows import build_windows, label_values
 
 IDENTITY_OBS = AffineNormalizer("standard", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 IDENTITY_ACT = AffineNormalizer("minmax", (0.0,), (1.0,))

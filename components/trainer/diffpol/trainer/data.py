@@ -1,7 +1,7 @@
 """The trainer's view of a preprocess output: validated metadata, a fingerprint, Ray datasets.
 
 Reading and validating ``samples.json`` / ``normalizer.json`` is the preprocess
-component's contract code (``diffpol.preprocess.load_samples``); this module adds what
+component's contract code (``diffpol.contracts.samples.load_samples``); this module adds what
 training needs on top: a fingerprint that identifies the exact bytes trained on, and the
 per-epoch shuffling Ray datasets that feed the workers.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffpol.contracts.dataset import fingerprint_files
-from diffpol.preprocess import (
+from diffpol.contracts.samples import (
     NORMALIZER_FILE,
     SAMPLES_FILE,
     Samples,

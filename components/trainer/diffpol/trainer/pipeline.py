@@ -143,7 +143,8 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
 def make_samples(
     preset: Preset, dataset: Path, samples_dir: Path, *, seed: int, ray_progress: bool = False
 ) -> Path:
-    from diffpol.preprocess import SAMPLES_FILE, PreprocessConfig, load_samples, preprocess
+    from diffpol.contracts.samples import SAMPLES_FILE, load_samples
+    from diffpol.preprocess import PreprocessConfig, preprocess
 
     model = preset.config.model
     if (samples_dir / SAMPLES_FILE).exists():

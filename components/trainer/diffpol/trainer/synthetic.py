@@ -1,6 +1,6 @@
 """Small preprocess outputs written from arrays, for tests and benchmarks.
 
-``write_samples`` produces exactly the layout ``diffpol.preprocess.load_samples`` reads
+``write_samples`` produces exactly the layout ``diffpol.contracts.samples.load_samples`` reads
 (``samples.json``, ``normalizer.json``, ``train/`` and ``val/`` Parquet in
 ``sample_schema``), so the trainer can be exercised without rollouts or the preprocess
 pipeline. ``bimodal_samples`` is the classic case where regression fails: one observation,
@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffpol.contracts.arrow import fixed_list_array
 from diffpol.contracts.atomic import atomic_write_json
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
-from diffpol.preprocess import (
+from diffpol.contracts.samples import (
     NORMALIZER_FILE,
     SAMPLES_FILE,
     SAMPLES_VERSION,
@@ -25,12 +26,6 @@ from diffpol.preprocess import (
     SplitInfo,
     sample_schema,
 )
-
-
-def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
-    flat = np.ascontiguousarray(values, np.float32)
-    flat = flat.reshape(len(values), int(np.prod(values.shape[1:])))
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
 
 
 def write_samples(
@@ -85,8 +80,8 @@ def write_samples(
             {
                 "episode_id": pa.array(episode_id[mask]),
                 "step": pa.array(step[mask]),
-                "obs": _fixed(normalizer.obs.normalize(obs[mask])),
-                "action": _fixed(normalizer.action.normalize(action[mask])),
+                "obs": fixed_list_array(normalizer.obs.normalize(obs[mask])),
+                "action": fixed_list_array(normalizer.action.normalize(action[mask])),
             },
             schema=schema,
         )

@@ -31,7 +31,7 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 
 from diffpol.contracts import derive_seed
 from diffpol.contracts.normalizer import Normalizer
-from diffpol.preprocess import sample_arrays
+from diffpol.contracts.samples import sample_arrays
 from diffpol.trainer.checkpoint import (
     LIGHTNING_FILE,
     META_FILE,

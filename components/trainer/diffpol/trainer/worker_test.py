@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from diffpol.preprocess import sample_schema
+from diffpol.contracts.samples import sample_schema
 from diffpol.trainer.worker import ShardBlocks
 
 ROWS, BATCH, STEPS = 300, 4, 8  # blocks of 32 rows

@@ -1,6 +1,7 @@
-"""The preprocessed-samples artifact: ``samples.json``, its validation, and readers.
+"""The preprocessed-samples artifact, what preprocess writes and the trainer reads:
+``samples.json``, its validation, the Arrow schema of a sample row, and readers.
 
-Layout of OUT (the samples contract, docs/architecture.md)::
+Layout of a preprocess output OUT::
 
     OUT/samples.json      SamplesInfo: shapes, env, counts, sources, config (written last)
     OUT/normalizer.json   diffpol.contracts.Normalizer
@@ -19,14 +20,33 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import Normalizer
-from diffpol.preprocess.windows import fixed_list_values, sample_schema
 
 SAMPLES_VERSION = 1
 SAMPLES_FILE = "samples.json"
 NORMALIZER_FILE = "normalizer.json"
 SPLITS = ("train", "val")
+SAMPLE_COLUMNS = ("episode_id", "step", "obs", "action")
+
+
+def sample_schema(n_obs_steps: int, horizon: int, obs_dim: int, act_dim: int) -> pa.Schema:
+    """Arrow schema of one training sample (what train/ and val/ Parquet files hold)."""
+    return pa.schema(
+        [
+            pa.field("episode_id", pa.int64(), nullable=False),
+            pa.field("step", pa.int32(), nullable=False),
+            pa.field("obs", pa.list_(pa.float32(), n_obs_steps * obs_dim), nullable=False),
+            pa.field("action", pa.list_(pa.float32(), horizon * act_dim), nullable=False),
+        ],
+        metadata={
+            b"diffpol.n_obs_steps": str(n_obs_steps).encode(),
+            b"diffpol.horizon": str(horizon).encode(),
+            b"diffpol.obs_dim": str(obs_dim).encode(),
+            b"diffpol.act_dim": str(act_dim).encode(),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -200,11 +220,13 @@ def sample_datasets(samples: Samples | str | Path):
     """
     import ray
 
-    from diffpol.preprocess.ray_settings import reader_data_context
+    from diffpol.contracts.ray_data import data_context
 
     if not isinstance(samples, Samples):
         samples = load_samples(samples)
-    with reader_data_context():
+    # The V1 Parquet reader: V2 starts footer-reader actors, many times slower per read
+    # on small inputs (benchmarks/RESULTS.md, "Preprocess").
+    with data_context({"use_datasource_v2": False}):
         return tuple(
             ray.data.read_parquet([str(p) for p in samples.files(split)]) for split in SPLITS
         )
