@@ -5,8 +5,8 @@ Notation (Ho et al.): ``beta_t``, ``alpha_t = 1 - beta_t``, ``abar_t = prod_{s<=
 Timestep spacing when sampling with fewer steps than ``num_train_timesteps`` ("leading",
 the default): ``t = (n-1)*r, ..., r, 0`` with ``r = T // n``. The chain then never starts at
 ``t = T-1``, where the cosine schedule's clipped last beta makes ``sqrt(abar)`` about 5e-4:
-recovering ``x_0`` there divides by it and amplifies float32 rounding ~2000x (measured in
-baseline.md), so a single sample could differ by 1e-4 between PyTorch and ONNX. With
+recovering ``x_0`` there divides by it and amplifies float32 rounding ~2000x, so a single
+sample could differ by 1e-4 between PyTorch and ONNX. With
 T = 100 and 10 steps the first step is t = 90, where ``1/sqrt(abar)`` is about 7.
 """
 

@@ -419,8 +419,8 @@ class EpisodeWorkers(_Runner):
     ``evaluate`` starts its own for each call; start them yourself (``with
     EpisodeWorkers(env_id, ...) as pool``) and pass ``pool=`` to share them between several
     ``evaluate`` / ``compare`` calls of the same env, backend and noise seed: each actor is
-    a process that takes seconds to start and to import its policies' libraries (torch, on
-    the 2-core dev machine ~3-5 s), paid once instead of once per call.
+    a process that takes seconds to start and to import its policies' libraries (torch),
+    paid once instead of once per call.
     """
 
     name = "ray"

@@ -2,8 +2,8 @@
 
 Exporter choice: torch's TorchScript-based exporter (``dynamo=False``). The dynamo exporter
 (torch 2.13's default) runs ``torch.export`` with symbolic shapes over the unrolled loop:
-12-22 s for a 10-step DDIM loop on this project's 2-core machines, growing with the number
-of steps (DDPM-100 unrolls ten times as many nodes), against 0.5 s here. Its graph was
+many times slower for a 10-step DDIM loop, and growing with the number of steps (DDPM-100
+unrolls ten times as many nodes; benchmarks/RESULTS.md has the numbers). Its graph was
 leaner (it shares the batch-size computation across steps); ``graph_passes.slim`` gives
 the TorchScript graph the same leanness. The TorchScript exporter is deprecated upstream:
 when it is removed, switch to ``dynamo=True`` (this module's validation applies unchanged).
@@ -41,8 +41,8 @@ OPSET = 18
 # Largest allowed |ONNX - PyTorch| per action, in normalised action units (the [-1, 1]
 # space the diffusion runs in). Float32 rounding differs between the two runtimes by ~1e-6
 # per step, but DDIM's first update at t near T divides by sqrt(alpha_bar_t) (5e-4 at
-# t = 99 of a cosine schedule) and amplifies it ~2000x: baseline.md measured 2.2e-4
-# (PyTorch disagreed with itself by 1.5e-4 across batch sizes). 1e-3 is ~5x that worst
+# t = 99 of a cosine schedule) and amplifies it ~2000x, to about 2e-4 (PyTorch disagrees
+# with itself by about as much across batch sizes). 1e-3 is ~5x that worst
 # case and 0.05% of the action range, far below any effect on control, while an export
 # bug (a wrong constant, step or noise index) shows up as errors of order 0.1-1.
 DEFAULT_ATOL = 1e-3

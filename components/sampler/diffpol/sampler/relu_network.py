@@ -1,6 +1,6 @@
 """Build a ReLU denoising loop directly as one deep ReLU network: a few fused Gemms per step.
 
-At batch 1 onnxruntime costs ~0.3 us per node whatever the node computes. After
+At batch 1 onnxruntime's cost is mostly per node, whatever the node computes. After
 ``graph_affine``'s folding, the traced DDIM loop of a 3 x 128 ReLU denoiser
 still has ~9 nodes per step: the layers, the clip of the x0 estimate and the scheduler's
 affine update. For a ReLU MLP the whole unrolled loop is itself a ReLU network:
@@ -22,8 +22,8 @@ affine update. For a ReLU MLP the whole unrolled loop is itself a ReLU network:
 Each step is then ``depth`` Gemm+Relu pairs (+1, and one small Gemm, when x0 is
 clipped), which onnxruntime fuses into one ``FusedGemm`` each at its extended
 optimisation level. On a 3 x 128 model (clipped x0 prediction, DDIM-10)
-that is 5 nodes per step instead of ~9, and batch-1 latency 52 -> 42 us against the
-traced graph, with batch-1024 throughput no lower (benchmarks/sampler_bench_test.py).
+that is 5 nodes per step instead of ~9, with lower batch-1 latency than the traced graph
+and batch-1024 throughput no lower (benchmarks/sampler_bench_test.py, RESULTS.md).
 The values are the loop's up to float rounding (the products are formed in float64 and
 rounded once); ``export_onnx`` validates the graph against PyTorch like any other and
 falls back to the traced graph if this builder does not apply or the graph disagrees.
@@ -230,8 +230,8 @@ def build_relu_network(
     layer's small output only, put in through the Gemm's C input by a small side Gemm on
     ``v``. Carrying it made a 128-wide layer 131 wide, which onnxruntime's kernels run
     like a 144-wide one (13% of the batch-1024 throughput; at batch 1 the side Gemm costs
-    what the narrower layers save); at width 64 the side Gemm cost more (24 vs 21.5 us at
-    batch 1 for 2 x 64).
+    what the narrower layers save); at width 64 the side Gemm costs more than it saves
+    (benchmarks/RESULTS.md).
     """
     m = metadata
     s, width = loop.sample_dim, loop.first_x.shape[0]

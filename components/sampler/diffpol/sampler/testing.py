@@ -30,7 +30,7 @@ def _activation(name: Activation) -> nn.Module:
 
 
 class MlpDenoiser(nn.Module):
-    """eps_hat = MLP([x_t, obs, emb(t)]), the shape of baseline.md's reference model."""
+    """eps_hat = MLP([x_t, obs, emb(t)]), the shape of the seed tutorial's model."""
 
     def __init__(
         self,

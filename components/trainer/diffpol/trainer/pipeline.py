@@ -181,7 +181,7 @@ def train_policies(
     """Train the diffusion policy, then the baselines, in one Ray Train run.
 
     A run's fixed cost (controller, placement group, worker process importing torch and
-    Lightning, dataset and split-coordinator actors: 20-30 s on the 2-core dev machine)
+    Lightning, dataset and split-coordinator actors; tens of seconds on a laptop)
     is paid once rather than once per policy, and the policies do not fight for the CPUs
     while they start (benchmarks/RESULTS.md). Each policy keeps its own outputs, metrics
     and epoch checkpoints. ``callbacks`` go to the diffusion policy's training.
