@@ -40,6 +40,6 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def run_pipeline(tmp_path):
-    """``run_pipeline(args, cwd=None, timeout=...)`` runs ``python -m diffpol.trainer.main``
+    """``run_pipeline(args, cwd=None, timeout=...)`` runs ``python -m diffpol.pipeline.main``
     as a subprocess (see ``pipeline.PipelineRunner``)."""
     return PipelineRunner(default_cwd=tmp_path)

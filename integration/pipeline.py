@@ -1,7 +1,7 @@
 """Run the end-to-end pipeline command line as a subprocess, as a user (or a scheduler that
 restarts failed jobs) would.
 
-The contract the tests rely on (``python -m diffpol.trainer.main``):
+The contract the tests rely on (``python -m diffpol.pipeline.main``):
 
 - flags ``--preset quick``, ``--out DIR``, ``--address ADDR`` (join a running Ray cluster),
   ``--seed N``; running the same command again resumes or returns the finished run;
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import importlib.util
 import json
 import os
 import signal
@@ -32,26 +31,12 @@ from pathlib import Path
 import numpy as np
 from cluster import importable_path
 
-MAIN_MODULE = "diffpol.trainer.main"
+MAIN_MODULE = "diffpol.pipeline.main"
 # Bound on one quick pipeline run: about 6 minutes measured on the shared 2-core machine at
 # load average 15-25.
 RUN_TIMEOUT_S = 600
 KILL_WORKER_ENV = "DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH"
 FAULT_MARKER_ENV = "DIFFPOL_FAULT_MARKER"
-SKIP_REASON = (
-    "diffpol.trainer.main is not importable here: not written yet, or (under Pants) not a "
-    "dependency of this test target"
-)
-
-
-def pipeline_available() -> bool:
-    """Whether ``diffpol.trainer.main`` exists, without importing the trainer (torch)."""
-    package = importlib.util.find_spec("diffpol.trainer")
-    if package is None or package.submodule_search_locations is None:
-        return False
-    return any(
-        (Path(location) / "main.py").is_file() for location in package.submodule_search_locations
-    )
 
 
 @dataclass(frozen=True)

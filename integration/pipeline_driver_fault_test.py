@@ -3,9 +3,8 @@ checkpointed, then the same command run again on the same real local multi-node 
 cluster: the rerun resumes (the finished stages and checkpointed epochs are not redone) and
 finishes the run, with every epoch recorded once.
 
-Written against the command-line contract in ``pipeline.py``; skipped only while
-``diffpol.trainer.main`` does not exist. A partial and a resumed pipeline run: several
-minutes on a shared 2-core machine.
+Written against the command-line contract in ``pipeline.py``. A partial and a resumed
+pipeline run: several minutes on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -13,21 +12,13 @@ from __future__ import annotations
 import json
 import signal
 
-import pytest
 from cluster import ClusterConfig, wait_for
 from pipeline import (
     RUN_TIMEOUT_S,
-    SKIP_REASON,
     check_outputs,
     committed_checkpoints,
     pipeline_args,
-    pipeline_available,
     stop,
-)
-
-pytestmark = pytest.mark.skipif(
-    not pipeline_available(),
-    reason=SKIP_REASON,
 )
 
 CLUSTER_CONFIG = ClusterConfig(head_cpus=1, workers=2, cpus_per_worker=1)

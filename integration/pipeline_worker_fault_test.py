@@ -3,9 +3,8 @@ multi-node Ray cluster: Ray Train replaces it and resumes, and the run completes
 every epoch recorded once.
 
 Written against the command-line contract in ``pipeline.py`` (the fault is injected with
-``DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH`` / ``DIFFPOL_FAULT_MARKER``); skipped only while
-``diffpol.trainer.main`` does not exist. One pipeline run: several minutes on a shared
-2-core machine.
+``DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH`` / ``DIFFPOL_FAULT_MARKER``). One pipeline run:
+several minutes on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -13,24 +12,16 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 from cluster import ClusterConfig, pid_alive, wait_for
 from pipeline import (
     FAULT_MARKER_ENV,
     KILL_WORKER_ENV,
     RUN_TIMEOUT_S,
-    SKIP_REASON,
     check_outputs,
     checkpoints,
     pipeline_args,
-    pipeline_available,
     stop,
     wait,
-)
-
-pytestmark = pytest.mark.skipif(
-    not pipeline_available(),
-    reason=SKIP_REASON,
 )
 
 CLUSTER_CONFIG = ClusterConfig(head_cpus=1, workers=2, cpus_per_worker=1)

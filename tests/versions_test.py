@@ -11,7 +11,7 @@ DISTRIBUTIONS = {
     "core/BUILD": ("diffpol-diffusion", "diffpol.diffusion"),
     **{
         f"components/{c}/BUILD": (f"diffpol-{c}", f"diffpol.{c}")
-        for c in ("rollout", "preprocess", "trainer", "sampler", "evaluator")
+        for c in ("rollout", "preprocess", "trainer", "sampler", "evaluator", "pipeline")
     },
 }
 

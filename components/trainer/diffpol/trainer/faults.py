@@ -5,7 +5,7 @@ block that took the epoch past the given optimizer step (before the epoch's chec
 the epoch is lost and trained again), it sends SIGKILL to its own process (no cleanup, no
 exception: what an OOM kill or a lost node looks like to Ray). A marker file makes it fire
 once, so the restarted worker trains on.
-``kill_worker_from_env`` is the pipeline command's hook for it (integration tests).
+The pipeline command (``diffpol.pipeline.faults``) turns it on from the environment.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -60,40 +59,3 @@ class RecordTrainingStarts(pl.Callback):
         if world_rank() == 0:
             with open(self.path, "a") as f:
                 f.write(f"{trainer.current_epoch}\n")
-
-
-# A test hook of the pipeline command (``main.py``), used by the integration suite: with
-# KILL_WORKER_AT_EPOCH_ENV set, the diffusion policy's training worker is SIGKILLed once
-# at that epoch, and FAULT_MARKER_ENV names the marker file KillWorkerOnce writes.
-KILL_WORKER_AT_EPOCH_ENV = "DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH"
-FAULT_MARKER_ENV = "DIFFPOL_FAULT_MARKER"
-
-
-def kill_worker_from_env(environ: Mapping[str, str], epochs: int) -> KillWorkerOnce | None:
-    """The ``KillWorkerOnce`` the environment asks for (None when it asks for none), for a
-    run of ``epochs`` epochs. Raises ValueError for a value that could never fire."""
-    raw = environ.get(KILL_WORKER_AT_EPOCH_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        epoch = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"{KILL_WORKER_AT_EPOCH_ENV}={raw!r} is not an epoch number (an integer >= 0)"
-        ) from None
-    if not 0 <= epoch < epochs:
-        raise ValueError(
-            f"{KILL_WORKER_AT_EPOCH_ENV}={epoch} is outside the run's epochs 0..{epochs - 1}: "
-            "the worker would never be killed"
-        )
-    marker = environ.get(FAULT_MARKER_ENV, "").strip()
-    if not marker:
-        raise ValueError(
-            f"{KILL_WORKER_AT_EPOCH_ENV} is set but {FAULT_MARKER_ENV} is not: set it to the "
-            "file that records the kill (it also keeps the restarted worker alive)"
-        )
-    # Absolute: Ray Train workers run in their own working directory.
-    path = Path(marker).resolve()
-    if not path.parent.is_dir():
-        raise ValueError(f"{FAULT_MARKER_ENV}={marker}: directory {path.parent} does not exist")
-    return KillWorkerOnce(path, epoch)

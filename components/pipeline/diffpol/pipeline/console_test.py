@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffpol.trainer.console import WatchedRun, epoch_progress
+from diffpol.pipeline.console import WatchedRun, epoch_progress
 from diffpol.trainer.metrics import write_metrics_csv
 
 

@@ -22,7 +22,7 @@ checkpoint (or returns a finished run) and redoes only the cheap stages after it
 
 Test hook (integration suite): ``DIFFPOL_FAULT_KILL_WORKER_AT_EPOCH=<epoch>`` with
 ``DIFFPOL_FAULT_MARKER=<file>`` SIGKILLs the diffusion policy's training worker once at
-that epoch (``faults.KillWorkerOnce``); Ray Train restarts it from the last checkpoint.
+that epoch (``diffpol.pipeline.faults``); Ray Train restarts it from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from typing import Any
 
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
 from diffpol.contracts.ray_session import ray_session
+from diffpol.pipeline.console import WatchedRun, epoch_progress, log, progress_bar
+from diffpol.pipeline.faults import kill_worker_from_env
+from diffpol.pipeline.presets import Preset
 from diffpol.trainer.config import Config, ModelConfig, PolicyType
-from diffpol.trainer.console import WatchedRun, epoch_progress, log, progress_bar
-from diffpol.trainer.faults import kill_worker_from_env
 from diffpol.trainer.metrics import METRICS_CSV
-from diffpol.trainer.presets import Preset
 from diffpol.trainer.training import PolicyRun, TrainResult, train_many
 
 # The baselines the report compares against, trained on the same samples.

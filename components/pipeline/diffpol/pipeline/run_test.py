@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 
 from diffpol.evaluator import compare
-from diffpol.trainer.faults import (
-    FAULT_MARKER_ENV,
-    KILL_WORKER_AT_EPOCH_ENV,
-    KillWorkerOnce,
-    kill_worker_from_env,
-)
-from diffpol.trainer.pipeline import _section
+from diffpol.pipeline.faults import FAULT_MARKER_ENV, KILL_WORKER_AT_EPOCH_ENV, kill_worker_from_env
+from diffpol.pipeline.run import _section
+from diffpol.trainer.faults import KillWorkerOnce
 
 
 def test_no_fault_is_injected_unless_asked():

@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from diffpol.trainer.presets import PRESETS, resolve_preset
+from diffpol.pipeline.presets import PRESETS, resolve_preset
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="diffpol-train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="diffpol-pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--out", type=Path, help="output directory (default: runs/<preset>)")
     p.add_argument("--seed", type=int, default=0, help="seeds data, split, init and noise")
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = resolve_preset(args.preset, workers=args.workers, gpus=args.gpus, epochs=args.epochs)
-    from diffpol.trainer.pipeline import run_pipeline
+    from diffpol.pipeline.run import run_pipeline
 
     summary = run_pipeline(
         preset, args.out, seed=args.seed, address=args.address, verbose=args.verbose
