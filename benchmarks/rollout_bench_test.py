@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 import pytest
 
+from diffpol.envs import make_vector_env
 from diffpol.rollout.collect import collect
-from diffpol.rollout.envs import make_vector_env
 from diffpol.rollout.plan import make_plan
 from diffpol.rollout.policies import make_policy
 from diffpol.rollout.runner import ShardRunner

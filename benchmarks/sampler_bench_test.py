@@ -41,7 +41,7 @@ import onnx
 import pytest
 import torch
 
-from diffpol.contracts import PolicySpec
+from diffpol.contracts import EnvShape, Window
 from diffpol.sampler import OnnxPolicy, SamplerClient, export_onnx
 from diffpol.sampler.export import SamplerModule, count_nodes
 from diffpol.sampler.testing import pendulum_like_normalizer
@@ -91,17 +91,13 @@ class Pair:
         loop = loop if loop is not None else _loop(sampler, steps, config)
         normalizer = pendulum_like_normalizer(OBS_DIM, ACT_DIM)
         low, high = [-2.0], [2.0]
-        spec = PolicySpec(OBS_DIM, ACT_DIM, config.n_obs_steps, config.n_action_steps)
         self.path = export_onnx(
             loop,
             normalizer,
-            low,
-            high,
-            spec,
-            config.horizon,
-            "Pendulum-v1",
-            name,
+            EnvShape("Pendulum-v1", OBS_DIM, ACT_DIM, tuple(low), tuple(high)),
+            Window(config.n_obs_steps, config.horizon, config.n_action_steps),
             OUT / f"{name}.onnx",
+            model_version=name,
             relu_network=relu_network,
         )
         self.eager = SamplerModule(

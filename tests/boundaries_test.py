@@ -1,8 +1,9 @@
 """Component boundaries: product code imports other components only through the contracts.
 
 Each component (``components/<name>``) may import its own package, ``diffpol.contracts`` and
-``diffpol.v1`` (the contracts distribution) and ``diffpol.diffusion`` (the diffusion core);
-the contracts and the core import no component. The end-to-end pipeline
+``diffpol.v1`` (the contracts distribution), ``diffpol.diffusion`` (the diffusion core) and
+``diffpol.envs`` (the envs and their success rules); the contracts and the core import no
+component, and the envs import only the contracts. The end-to-end pipeline
 (``components/pipeline``) is the one component that may import all the others.
 Anything else is a boundary crossing. The crossings that exist today are listed in
 ``KNOWN_CROSSINGS``, each with the reason it still exists; the list may only shrink: a new
@@ -19,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).absolute().parent.parent
 COMPONENTS = ("rollout", "preprocess", "trainer", "sampler", "evaluator")
-SHARED = ("contracts", "v1", "diffusion")
+SHARED = ("contracts", "v1", "diffusion", "envs")
 # Test-only modules shipped next to product code (they build reference models and fixtures).
 TEST_HELPERS = {"testing.py", "conftest.py"}
 
@@ -31,11 +32,6 @@ KNOWN_CROSSINGS = {
             "components/trainer/diffpol/trainer/policy.py",
             "sampler",
             "the trainer exports its policies with the sampler's export_onnx",
-        ),
-        (
-            "components/evaluator/diffpol/evaluator/envs.py",
-            "rollout",
-            "env construction and env specs live in rollout, not in a shared home",
         ),
     ]
 }
@@ -74,10 +70,15 @@ def crossings() -> set[tuple[str, str]]:
         for path in product_files(component):
             for package in imported_diffpol_packages(path) - allowed:
                 found.add((str(path.relative_to(REPO)), package))
-    for root in (REPO / "proto" / "diffpol" / "contracts", REPO / "core" / "diffpol" / "diffusion"):
+    shared_roots = {
+        REPO / "proto" / "diffpol" / "contracts": {"contracts", "v1"},
+        REPO / "core" / "diffpol" / "diffusion": {"contracts", "v1", "diffusion"},
+        REPO / "envs" / "diffpol" / "envs": {"contracts", "v1", "envs"},
+    }
+    for root, allowed in shared_roots.items():
         for path in sorted(root.rglob("*.py")):
             if not path.name.endswith("_test.py"):
-                for package in imported_diffpol_packages(path) - set(SHARED):
+                for package in imported_diffpol_packages(path) - allowed:
                     found.add((str(path.relative_to(REPO)), package))
     return found
 
@@ -86,6 +87,7 @@ def test_every_component_is_seen():
     for component in COMPONENTS:
         assert product_files(component), f"no product files found for {component}"
     assert list((REPO / "core" / "diffpol" / "diffusion").glob("*.py")), "no diffusion core"
+    assert list((REPO / "envs" / "diffpol" / "envs").glob("*.py")), "no envs package"
 
 
 def test_no_new_boundary_crossing():

@@ -1,7 +1,7 @@
 """diffpol's contracts: protobuf messages (``diffpol.v1``) and what every component derives from them.
 
 Components talk to each other only through these: the Arrow schema of transitions, the
-sampler's tensor encoding, the exported model's metadata, the shared noise stream, the
+sampler's tensor encoding, the env shape and time window every artifact carries, the exported model's metadata, the shared noise stream, the
 policy interface and the policy specs that name policies; and they reach Ray one way,
 ``ray_session``.
 """
@@ -24,6 +24,7 @@ from diffpol.contracts.policy_specs import (
     parse_policy_spec,
 )
 from diffpol.contracts.ray_session import RaySessionConfig, ray_session
+from diffpol.contracts.shapes import EnvShape, Window
 from diffpol.contracts.tensor import numpy_to_tensor, tensor_to_numpy
 from diffpol.contracts.version import CONTRACT_VERSION
 
@@ -36,11 +37,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "ArtifactError",
     "ContractError",
+    "EnvShape",
     "ModelMetadata",
     "Policy",
     "PolicyRef",
     "PolicySpec",
     "RaySessionConfig",
+    "Window",
     "batch_from_envelope",
     "batch_to_envelope",
     "build_policy",

@@ -16,6 +16,7 @@ from typing import Any
 
 from diffpol.contracts.arrow import SCHEMA_VERSION
 from diffpol.contracts.errors import ContractError
+from diffpol.contracts.shapes import ENV_SHAPE_KEYS, EnvShape
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -32,11 +33,7 @@ class ReturnStats:
 @dataclass(frozen=True)
 class DatasetManifest:
     schema_version: int
-    env_id: str
-    obs_dim: int
-    act_dim: int
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
+    env: EnvShape  # flat keys in manifest.json
     policy: str
     policy_params: dict[str, Any]
     seed: int
@@ -52,7 +49,9 @@ class DatasetManifest:
     file_digests: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        raw = asdict(self)
+        del raw["env"]
+        return {"schema_version": self.schema_version, **self.env.to_json(), **raw}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DatasetManifest:
@@ -64,15 +63,15 @@ class DatasetManifest:
                 f"dataset follows schema v{version}, newer than v{SCHEMA_VERSION} supported "
                 "here: upgrade diffpol-contracts"
             )
-        names = {f for f in cls.__dataclass_fields__}
-        missing = sorted(names - raw.keys() - {"provenance", "file_digests"})
+        names = set(cls.__dataclass_fields__) - {"env"}
+        missing = sorted(
+            (names | set(ENV_SHAPE_KEYS)) - raw.keys() - {"provenance", "file_digests"}
+        )
         if missing:
             raise ContractError(f"manifest is missing field(s): {', '.join(missing)}")
         values = {k: raw[k] for k in names if k in raw}
         values["returns"] = ReturnStats(**raw["returns"])
-        values["action_low"] = tuple(float(x) for x in raw["action_low"])
-        values["action_high"] = tuple(float(x) for x in raw["action_high"])
-        return cls(**values)
+        return cls(env=EnvShape.from_json(raw), **values)
 
 
 def data_files(root: str | Path) -> list[Path]:

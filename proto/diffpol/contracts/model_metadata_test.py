@@ -10,23 +10,19 @@ from diffpol.contracts import (
     CONTRACT_VERSION,
     METADATA_KEYS,
     ArtifactError,
+    EnvShape,
     ModelMetadata,
+    Window,
     read_model_metadata,
 )
 
 METADATA = ModelMetadata(
-    env_id="Pendulum-v1",
-    obs_dim=3,
-    act_dim=1,
-    n_obs_steps=2,
-    horizon=1,
-    n_action_steps=1,
+    env=EnvShape("Pendulum-v1", 3, 1, (-2.0,), (2.0,)),
+    window=Window(n_obs_steps=2, horizon=1, n_action_steps=1),
     sampler="ddim",
     steps=10,
     step_noise_steps=0,
     model_version="v1",
-    action_low=(-2.0,),
-    action_high=(2.0,),
 )
 
 
@@ -73,13 +69,24 @@ def test_another_contract_version_is_refused_with_what_to_do(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"horizon": 0}, "horizon must be >= 1"),
-        ({"n_action_steps": 2}, "n_action_steps .2. exceeds horizon .1."),
-        ({"action_low": (3.0,)}, "must be below action_high"),
-        ({"action_high": (float("nan"),)}, "action_high must be finite"),
-        ({"action_low": (-1.0, -1.0)}, "action_low has 2 values, act_dim is 1"),
+        ({"horizon": "0"}, "horizon must be an integer >= 1"),
+        ({"n_action_steps": "2"}, r"n_action_steps \(Ta=2\) exceeds horizon \(T=1\)"),
+        ({"action_low": "[3.0]"}, "must be below action_high"),
+        ({"action_high": "[NaN]"}, "action_high must be finite"),
+        ({"action_low": "[-1.0, -1.0]"}, "action_low has 2 values, act_dim is 1"),
+        ({"obs_dim": "three"}, "malformed metadata"),
+        ({"steps": "0"}, "steps must be >= 1"),
     ],
 )
-def test_inconsistent_metadata_is_refused(change, message):
-    with pytest.raises(ArtifactError, match=message):
-        dataclasses.replace(METADATA, **change)
+def test_inconsistent_metadata_is_refused_with_the_file_named(tmp_path, change, message):
+    path = _write_model(tmp_path / "bad.onnx", METADATA.to_props() | change)
+    with pytest.raises(ArtifactError, match=f"bad.onnx.*{message}"):
+        read_model_metadata(path)
+
+
+def test_metadata_props_are_flat_strings_that_older_readers_know():
+    props = METADATA.to_props()
+    assert props["obs_dim"] == "3" and props["horizon"] == "1"
+    assert props["action_low"] == "[-2.0]" and props["env_id"] == "Pendulum-v1"
+    with pytest.raises(ArtifactError, match="steps must be >= 1"):
+        dataclasses.replace(METADATA, steps=0)

@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import Normalizer
+from diffpol.contracts.shapes import ENV_SHAPE_KEYS, WINDOW_KEYS, EnvShape, Window
 
-SAMPLES_VERSION = 1
+SAMPLES_VERSION = 2
 SAMPLES_FILE = "samples.json"
 NORMALIZER_FILE = "normalizer.json"
 SPLITS = ("train", "val")
@@ -59,13 +60,8 @@ class SplitInfo:
 @dataclass(frozen=True)
 class SamplesInfo:
     version: int
-    env_id: str
-    obs_dim: int
-    act_dim: int
-    n_obs_steps: int
-    horizon: int
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
+    env: EnvShape  # flat keys in samples.json, like window
+    window: Window
     # "expert_action", "action", or "expert_action, else action" (per row) when mixed.
     label: str
     # Rows whose label came from each column.
@@ -87,33 +83,40 @@ class SamplesInfo:
 
     @property
     def obs_width(self) -> int:
-        return self.n_obs_steps * self.obs_dim
+        return self.window.n_obs_steps * self.env.obs_dim
 
     @property
     def action_width(self) -> int:
-        return self.horizon * self.act_dim
+        return self.window.horizon * self.env.act_dim
 
     def schema(self) -> pa.Schema:
-        return sample_schema(self.n_obs_steps, self.horizon, self.obs_dim, self.act_dim)
+        return sample_schema(
+            self.window.n_obs_steps, self.window.horizon, self.env.obs_dim, self.env.act_dim
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        raw = asdict(self)
+        del raw["env"], raw["window"]
+        return {"version": self.version, **self.env.to_json(), **self.window.to_json(), **raw}
 
     @classmethod
     def from_json(cls, raw: Any) -> SamplesInfo:
         if not isinstance(raw, dict):
             raise ContractError("samples.json must hold a JSON object")
         version = raw.get("version")
-        if version != SAMPLES_VERSION:
+        if version not in (1, SAMPLES_VERSION):
             raise ContractError(
-                f"samples.json has version {version!r}; this reader supports {SAMPLES_VERSION} "
-                "(re-run preprocess, or upgrade diffpol-preprocess)"
+                f"samples.json has version {version!r}; this reader supports 1 and "
+                f"{SAMPLES_VERSION} (re-run preprocess, or upgrade diffpol-preprocess)"
             )
+        if version == 1:  # v1 had no n_action_steps: its policies executed one action
+            raw = {"n_action_steps": 1, **raw, "version": SAMPLES_VERSION}
+        nested = {"env": ENV_SHAPE_KEYS, "window": WINDOW_KEYS}
         required = [
             n
             for n, f in cls.__dataclass_fields__.items()
-            if f.default is MISSING and f.default_factory is MISSING
-        ]
+            if f.default is MISSING and f.default_factory is MISSING and n not in nested
+        ] + [key for keys in nested.values() for key in keys]
         missing = [n for n in required if n not in raw]
         if missing:
             raise ContractError(f"samples.json is missing field(s): {', '.join(missing)}")
@@ -124,8 +127,8 @@ class SamplesInfo:
                 values[name] = SplitInfo(
                     int(split["rows"]), int(split["episodes"]), tuple(split["files"])
                 )
-            values["action_low"] = tuple(float(x) for x in raw["action_low"])
-            values["action_high"] = tuple(float(x) for x in raw["action_high"])
+            values["env"] = EnvShape.from_json(raw)
+            values["window"] = Window.from_json(raw)
             values["sources"] = tuple(raw["sources"])
             info = cls(**values)
         except (KeyError, TypeError, ValueError) as exc:
@@ -135,12 +138,6 @@ class SamplesInfo:
 
     def _check(self) -> None:
         problems = []
-        for name in ("obs_dim", "act_dim", "n_obs_steps", "horizon"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
-            problems.append(f"action_low/action_high must have act_dim={self.act_dim} values")
         if self.train.rows < 1:
             problems.append("the train split is empty")
         for name in SPLITS:
@@ -181,10 +178,10 @@ def load_samples(out_dir: str | Path) -> Samples:
     )
     if normalizer is None:
         raise ContractError(f"{root}: {NORMALIZER_FILE} is missing")
-    if normalizer.obs.dim != info.obs_dim or normalizer.action.dim != info.act_dim:
+    if normalizer.obs.dim != info.env.obs_dim or normalizer.action.dim != info.env.act_dim:
         raise ContractError(
             f"{root}: normalizer dims (obs {normalizer.obs.dim}, action {normalizer.action.dim}) "
-            f"do not match samples.json (obs_dim {info.obs_dim}, act_dim {info.act_dim})"
+            f"do not match samples.json (obs_dim {info.env.obs_dim}, act_dim {info.env.act_dim})"
         )
     if {"obs": normalizer.obs.mode, "action": normalizer.action.mode} != info.normalizer:
         raise ContractError(f"{root}: normalizer modes do not match samples.json")
@@ -262,6 +259,8 @@ def unflatten(batch: dict[str, Any], info: SamplesInfo) -> tuple[np.ndarray, np.
             raise ContractError(f"expected a [B, {width}] batch column, got shape {array.shape}")
         return array
 
-    obs = dense(batch["obs"], info.obs_width).reshape(-1, info.n_obs_steps, info.obs_dim)
-    action = dense(batch["action"], info.action_width).reshape(-1, info.horizon, info.act_dim)
+    obs = dense(batch["obs"], info.obs_width).reshape(-1, info.window.n_obs_steps, info.env.obs_dim)
+    action = dense(batch["action"], info.action_width).reshape(
+        -1, info.window.horizon, info.env.act_dim
+    )
     return obs, action

@@ -5,7 +5,7 @@ import stat
 import numpy as np
 import pytest
 
-from diffpol.contracts import ContractError
+from diffpol.contracts import ContractError, EnvShape
 from diffpol.contracts.atomic import atomic_directory, atomic_write_json
 from diffpol.contracts.dataset import (
     DatasetManifest,
@@ -24,11 +24,7 @@ def write_dataset(root, payload=b"rows", *, with_file_digests=True):
     fingerprint, digests = digest_files(data_files(root))
     manifest = DatasetManifest(
         schema_version=1,
-        env_id="Pendulum-v1",
-        obs_dim=3,
-        act_dim=1,
-        action_low=(-2.0,),
-        action_high=(2.0,),
+        env=EnvShape("Pendulum-v1", 3, 1, (-2.0,), (2.0,)),
         policy="expert",
         policy_params={},
         seed=0,

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from diffpol.contracts import PolicySpec
+from diffpol.envs import get_env_spec
 from diffpol.evaluator import comparison_of, paired_t_test, summarize
-from diffpol.evaluator.envs import EnvInfo
 from diffpol.evaluator.evaluate import EvalConfig, EvaluationResult, PolicyResult
 from diffpol.evaluator.seeds import SeedRange
 from diffpol.evaluator.tasks import task_view
@@ -31,7 +31,7 @@ def constructed_result(returns_by_label):
                 ran_in="driver",
             )
         )
-    env = EnvInfo("Pendulum-v1", 3, 1, 200, (-2.0,), (2.0,))
+    env = get_env_spec("Pendulum-v1")
     config = EvalConfig("Pendulum-v1", SeedRange(100, 100 + n))
     return EvaluationResult(config, env, task_view("Pendulum-v1"), "gymnasium", policies)
 

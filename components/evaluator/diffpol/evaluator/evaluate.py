@@ -18,22 +18,17 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from diffpol.contracts import Policy, PolicySpec
+from diffpol.contracts import EnvShape, Policy, PolicySpec
 from diffpol.contracts.ray_session import ray_session
-from diffpol.evaluator.envs import (
-    AUTO_BACKEND,
-    EnvInfo,
-    VectorEnvAdapter,
-    env_info,
-    resolve_backend,
-)
+from diffpol.envs import AUTO, EnvSpec
+from diffpol.evaluator.envs import VectorEnvAdapter, env_spec, resolve_backend
 from diffpol.evaluator.episodes import ChunkResult, Trajectory, run_chunk
 from diffpol.evaluator.errors import EvaluationConfigError
 from diffpol.evaluator.policies import (
-    EnvDims,
     PolicyInput,
     PolicySource,
     check_onnx_file,
@@ -61,20 +56,40 @@ ACTOR_START_TIMEOUT_S = 300.0
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """One evaluation's settings, validated on construction (``EvaluationConfigError``).
+
+    ``seeds`` may be given as ``"START:STOP"`` or a ``range``; it is stored as a
+    ``SeedRange``.
+    """
+
     env_id: str
     seeds: SeedRange
     noise_seed: int = 0
     # None: one actor per CPU of the Ray cluster (at most one per chunk); 0: this process.
     workers: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    # rollout's env backend: "auto" (the env's default), "numpy", "envpool", "gymnasium".
-    backend: str = AUTO_BACKEND
+    # The env backend (diffpol.envs): "auto" (the env's default), "numpy", "envpool", "gymnasium".
+    backend: str = AUTO
     # Ray address to connect to when Ray is not initialised yet (None: start a local one).
     address: str | None = None
     record_examples: bool = True
     # True: a progress bar per policy; a callable: called with each finished chunk's
     # number of episodes (a caller's own progress display).
     progress: bool | Callable[[int], None] = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", _as_seed_range(self.seeds))
+        env_spec(self.env_id)
+        resolve_backend(self.env_id, self.backend)
+        check_noise_seed(self.noise_seed)
+        _check_workers(self.workers)
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
+            raise EvaluationConfigError(f"chunk_size must be an integer, got {self.chunk_size!r}")
+        chunk_seeds(self.seeds, self.chunk_size)
+        if not (isinstance(self.progress, bool) or callable(self.progress)):
+            raise EvaluationConfigError(
+                f"progress must be a bool or a callable, got {type(self.progress).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,8 +105,6 @@ class PolicyResult:
     wall_time_s: float
     policy_calls: int
     ran_in: str  # "ray" or "driver"
-    # Fraction of episodes with return >= the env registry's threshold (None if it has none).
-    return_threshold_rate: float | None = None
     examples: dict[str, Trajectory] = field(default_factory=dict)
     example_seeds: dict[str, int] = field(default_factory=dict)
     replay_matches: bool | None = None
@@ -103,7 +116,7 @@ class PolicyResult:
 @dataclass(frozen=True)
 class EvaluationResult:
     config: EvalConfig
-    env: EnvInfo
+    env: EnvSpec
     view: TaskView
     backend: str
     policies: list[PolicyResult]
@@ -124,7 +137,7 @@ class PreparedEvaluation:
     """An evaluation whose arguments and policies have been checked; run it with ``run_prepared``."""
 
     config: EvalConfig
-    env: EnvInfo
+    env: EnvSpec
     view: TaskView
     backend: str  # resolved: never "auto"
     chunks: list[SeedChunk]
@@ -143,36 +156,20 @@ def evaluate(
     env_id: str,
     seeds: SeedRange | str | range,
     *,
-    noise_seed: int = 0,
-    workers: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    backend: str = AUTO_BACKEND,
-    address: str | None = None,
-    record_examples: bool = True,
-    progress: bool | Callable[[int], None] = False,
     pool: EpisodeWorkers | None = None,
+    **options: Any,
 ) -> EvaluationResult:
     """Evaluate each policy on the env seeds ``seeds`` (``"0:1000"``, ``range(0, 1000)`` or a
     ``SeedRange``). Policies: spec strings (``random``, ``zero``, ``expert``, a path to an
     ONNX file, ``grpc://HOST:PORT``), ``Policy`` objects, or a mapping of labels to either.
+    ``options`` are ``EvalConfig``'s other fields (``noise_seed``, ``workers``, ...).
     ``pool``: started ``EpisodeWorkers`` to run on (instead of actors of this call's own;
     ``workers`` and ``address`` are then the pool's).
 
     Every argument is checked, and every policy built once and checked against the env,
     before any episode runs; bad input raises ``EvaluationConfigError``.
     """
-    config = EvalConfig(
-        env_id=env_id,
-        seeds=_as_seed_range(seeds),
-        noise_seed=noise_seed,
-        workers=workers,
-        chunk_size=chunk_size,
-        backend=backend,
-        address=address,
-        record_examples=record_examples,
-        progress=progress,
-    )
-    prepared = prepare(config, policies)
+    prepared = prepare(EvalConfig(env_id, seeds, **options), policies)
     return run_prepared(prepared, pool)
 
 
@@ -180,22 +177,19 @@ def prepare(
     config: EvalConfig,
     policies: Sequence[PolicyInput | PolicySource] | Mapping[str, PolicyInput],
 ) -> PreparedEvaluation:
-    """Validate everything up front: env, seeds, and each policy against the env."""
-    check_noise_seed(config.noise_seed)
-    _check_workers(config.workers)
-    env = env_info(config.env_id)
+    """Build and check each policy against the env (the config checked itself)."""
+    env = env_spec(config.env_id)
     backend = resolve_backend(env.env_id, config.backend)
     view = task_view(env.env_id)
     chunks = chunk_seeds(config.seeds, config.chunk_size)
     sources = policy_sources(policies)
-    dims = EnvDims(env.env_id, env.obs_dim, env.act_dim)
     specs, driver_only = {}, set()
     for source in sources:
         if source.kind == "onnx":
-            check_onnx_file(source, dims)  # before loading: a clear message, no session
+            check_onnx_file(source, env.shape)  # before loading: a clear message, no session
         policy = _build_for_check(source, env.env_id)
         try:
-            _check_built(source, policy, dims)
+            _check_built(source, policy, env.shape)
             specs[source.label] = policy.spec
         finally:
             if source.kind != "object":
@@ -226,9 +220,9 @@ def _build_for_check(source: PolicySource, env_id: str) -> Policy:
         ) from exc
 
 
-def _check_built(source: PolicySource, policy: Policy, dims: EnvDims) -> None:
+def _check_built(source: PolicySource, policy: Policy, env: EnvShape) -> None:
     try:
-        check_policy(source, policy, dims)  # reads spec: a gRPC client asks its server here
+        check_policy(source, policy, env)  # reads spec: a gRPC client asks its server here
     except EvaluationConfigError:
         raise
     except Exception as exc:
@@ -296,7 +290,6 @@ def _evaluate_one(
         lengths=lengths,
         successes=successes,
         summary=summarize(returns, successes),
-        return_threshold_rate=_rate_at_least(returns, prepared.env.return_threshold),
         wall_time_s=wall_time,
         policy_calls=calls,
         ran_in=runner.name,
@@ -304,10 +297,6 @@ def _evaluate_one(
         example_seeds=example_seeds,
         replay_matches=replay_matches,
     )
-
-
-def _rate_at_least(returns: np.ndarray, threshold: float | None) -> float | None:
-    return None if threshold is None else float(np.mean(returns >= threshold))
 
 
 def _example_seeds(seeds: np.ndarray, returns: np.ndarray) -> dict[str, int]:
@@ -360,7 +349,7 @@ class _Runner:
 class _ChunkWorker:
     """Holds built policies and runs chunks; used in the driver and as a Ray actor."""
 
-    def __init__(self, env: EnvInfo, view: TaskView, backend: str, noise_seed: int) -> None:
+    def __init__(self, env: EnvSpec, view: TaskView, backend: str, noise_seed: int) -> None:
         self._env, self._view = env, view
         self._backend, self._noise_seed = backend, noise_seed
         self._policies: dict[str, Policy] = {}
@@ -431,7 +420,7 @@ class EpisodeWorkers(_Runner):
         *,
         noise_seed: int = 0,
         workers: int | None = None,
-        backend: str = AUTO_BACKEND,
+        backend: str = AUTO,
         address: str | None = None,
         max_actors: int | None = None,
         start_timeout_s: float = ACTOR_START_TIMEOUT_S,
@@ -442,7 +431,7 @@ class EpisodeWorkers(_Runner):
         check_noise_seed(noise_seed)
         if _check_workers(workers) == 0:
             raise EvaluationConfigError("EpisodeWorkers needs at least one worker, got 0")
-        self.env = env_info(env_id)
+        self.env = env_spec(env_id)
         self.backend = resolve_backend(self.env.env_id, backend)
         self.view = task_view(self.env.env_id)
         self.noise_seed = noise_seed

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from diffpol.contracts import ModelMetadata
+from diffpol.contracts import EnvShape, ModelMetadata, Window
 from diffpol.evaluator.main import main
 
 
@@ -20,18 +20,12 @@ def tiny_onnx(path, env_id="Pendulum-v1", obs_dim=3, act_dim=1):
     )
     model = helper.make_model(graph)
     metadata = ModelMetadata(
-        env_id=env_id,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        n_obs_steps=1,
-        horizon=1,
-        n_action_steps=1,
+        env=EnvShape(env_id, obs_dim, act_dim, (-1.0,) * act_dim, (1.0,) * act_dim),
+        window=Window(),
         sampler="ddim",
         steps=1,
         step_noise_steps=0,
         model_version="tiny",
-        action_low=(-1.0,) * act_dim,
-        action_high=(1.0,) * act_dim,
     )
     helper.set_model_props(model, metadata.to_props())
     onnx.save(model, path)
@@ -143,7 +137,7 @@ def test_a_small_run_writes_everything(capsys, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy_order"] == ["zero", "rnd"]
     assert summary["policies"]["rnd"]["source"] == {"kind": "builtin", "target": "random"}
-    assert summary["env_backend"] == "numpy"  # rollout's default for Pendulum-v1
+    assert summary["env_backend"] == "numpy"  # the envs default for Pendulum-v1
     assert summary["chunk_size"] == 2
     assert {p.name for p in out.iterdir()} == {
         "comparison.md",

@@ -134,12 +134,6 @@ def summary_json(
         "chunk_size": config.chunk_size,
         "seeding_rule": SEEDING_RULE,
         "success_definition": result.view.success_definition,
-        "return_threshold": {
-            "value": result.env.return_threshold,
-            "definition": result.env.return_threshold_definition,
-            "note": "return_threshold_rate: fraction of episodes with return >= value "
-            "(the env registry's criterion, as in rollout's dataset manifests)",
-        },
         "statistics": STATISTICS,
         "policy_order": result.labels,
         "policies": {
@@ -158,7 +152,6 @@ def summary_json(
 def _policy_json(policy: PolicyResult, plot: str | None) -> dict:
     return {
         **policy.summary.to_json(),
-        "return_threshold_rate": policy.return_threshold_rate,
         "wall_time_s": round(policy.wall_time_s, 3),
         "policy_calls": policy.policy_calls,
         "mean_length": float(np.mean(policy.lengths)),

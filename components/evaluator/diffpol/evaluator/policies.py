@@ -18,6 +18,7 @@ from typing import Any, Literal
 from diffpol.contracts import (
     ArtifactError,
     ContractError,
+    EnvShape,
     ModelMetadata,
     Policy,
     read_model_metadata,
@@ -27,15 +28,6 @@ from diffpol.evaluator.errors import EvaluationConfigError
 
 Kind = Literal["builtin", "onnx", "grpc", "object"]
 PolicyInput = str | Policy
-
-
-@dataclass(frozen=True)
-class EnvDims:
-    """What a policy must match: the env id and its dimensions."""
-
-    env_id: str
-    obs_dim: int
-    act_dim: int
 
 
 @dataclass(frozen=True)
@@ -105,7 +97,7 @@ def policy_sources(
     return sources
 
 
-def check_policy(source: PolicySource, policy: Policy, env: EnvDims) -> None:
+def check_policy(source: PolicySource, policy: Policy, env: EnvShape) -> None:
     """Reject a policy whose dimensions, action chunking or env id do not fit ``env``."""
     spec = getattr(policy, "spec", None)
     if spec is None or not callable(getattr(policy, "act", None)):
@@ -132,33 +124,33 @@ def check_policy(source: PolicySource, policy: Policy, env: EnvDims) -> None:
 
 def policy_env_id(source: PolicySource, policy: Policy) -> str | None:
     """The env id a policy declares (an ``env_id`` attribute or metadata), if any."""
-    value = getattr(policy, "env_id", None)
-    if isinstance(value, str) and value:
-        return value
+    env = getattr(policy, "env", None)
+    if isinstance(env, EnvShape):
+        return env.env_id
     metadata = getattr(policy, "metadata", None)
     if isinstance(metadata, ModelMetadata):
-        return metadata.env_id
+        return metadata.env.env_id
     if isinstance(metadata, Mapping):
         value = metadata.get("env_id")
         if isinstance(value, str) and value:
             return value
     if source.kind == "onnx":
-        return onnx_metadata(source.target).env_id
+        return onnx_metadata(source.target).env.env_id
     model_info = getattr(policy, "model_info", None)  # the sampler's gRPC client
     if source.kind == "grpc" and callable(model_info):
         return model_info().env_id or None
     return None
 
 
-def check_onnx_file(source: PolicySource, env: EnvDims) -> None:
+def check_onnx_file(source: PolicySource, env: EnvShape) -> None:
     """Check an ONNX file's diffpol metadata against the env without loading the model."""
     metadata = onnx_metadata(source.target)
     problems = []
-    if metadata.env_id != env.env_id:
-        problems.append(f"it was exported for env {metadata.env_id!r}")
+    if metadata.env.env_id != env.env_id:
+        problems.append(f"it was exported for env {metadata.env.env_id!r}")
     for key, expected in (("obs_dim", env.obs_dim), ("act_dim", env.act_dim)):
-        if getattr(metadata, key) != expected:
-            problems.append(f"its {key} is {getattr(metadata, key)}, the env's is {expected}")
+        if getattr(metadata.env, key) != expected:
+            problems.append(f"its {key} is {getattr(metadata.env, key)}, the env's is {expected}")
     if problems:
         raise EvaluationConfigError(
             f"model {source.target!r} does not fit env {env.env_id!r}: " + "; ".join(problems)

@@ -116,7 +116,7 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
     if (data_dir / "manifest.json").exists():
         manifest = read_manifest(data_dir)
         wanted = (resolved.env_id, resolved.policy, resolved.episodes, resolved.seed)
-        found = (manifest.env_id, manifest.policy, manifest.episodes, manifest.seed)
+        found = (manifest.env.env_id, manifest.policy, manifest.episodes, manifest.seed)
         if found != wanted:
             raise ContractError(
                 f"{data_dir} holds a dataset of {found}, not the {wanted} this run needs: "
@@ -149,7 +149,7 @@ def make_samples(
     model = preset.config.model
     if (samples_dir / SAMPLES_FILE).exists():
         info = load_samples(samples_dir).info
-        if (info.n_obs_steps, info.horizon) == (model.n_obs_steps, model.horizon):
+        if (info.window.n_obs_steps, info.window.horizon) == (model.n_obs_steps, model.horizon):
             log(f"reusing the samples in {samples_dir}")
             return samples_dir
     config = PreprocessConfig(

@@ -43,6 +43,7 @@ from diffpol.contracts.samples import (
     SplitInfo,
     sample_schema,
 )
+from diffpol.contracts.shapes import Window
 from diffpol.preprocess.config import PreprocessConfig
 from diffpol.preprocess.ray_settings import pipeline_data_context
 from diffpol.preprocess.sources import INPUT_COLUMNS, Sources, open_sources
@@ -95,7 +96,7 @@ def preprocess(
         "%d dataset(s), %d transitions of %s; computing statistics",
         len(sources.items),
         sources.rows,
-        sources.env_id,
+        sources.env.env_id,
     )
     with ray_session(), pipeline_data_context(progress=config.progress):
         stats = _ray_stage(seconds, "stats", collect_stats, sources)
@@ -175,7 +176,9 @@ def write_split(
 ) -> tuple[str, ...]:
     """Write one split's samples under ``staging/plan.name``; return the files, relative."""
     directory = staging / plan.name
-    schema = sample_schema(config.n_obs_steps, config.horizon, sources.obs_dim, sources.act_dim)
+    schema = sample_schema(
+        config.n_obs_steps, config.horizon, sources.env.obs_dim, sources.env.act_dim
+    )
     if plan.episodes == 0:
         # An empty split still gets one (empty) file, so readers see the schema.
         directory.mkdir(parents=True)
@@ -247,13 +250,8 @@ def _samples_info(
     manifest = sources.first
     return SamplesInfo(
         version=SAMPLES_VERSION,
-        env_id=sources.env_id,
-        obs_dim=sources.obs_dim,
-        act_dim=sources.act_dim,
-        n_obs_steps=config.n_obs_steps,
-        horizon=config.horizon,
-        action_low=manifest.action_low,
-        action_high=manifest.action_high,
+        env=manifest.env,
+        window=Window(config.n_obs_steps, config.horizon, 1),
         label=label,
         label_rows={"expert_action": expert_rows, "action": action_rows},
         normalizer={"obs": normalizer.obs.mode, "action": normalizer.action.mode},

@@ -98,7 +98,7 @@ def test_samples_follow_the_window_and_padding_spec(result, dataset):
 
 def test_samples_json_counts_match_the_files(result, dataset):
     info = json.loads((result.out_dir / "samples.json").read_text())
-    assert info["version"] == 1
+    assert info["version"] == 2
     assert (info["env_id"], info["obs_dim"], info["act_dim"]) == ("Pendulum-v1", 3, 1)
     assert (info["n_obs_steps"], info["horizon"]) == (3, 5)
     assert (info["action_low"], info["action_high"]) == ([-2.0], [2.0])
@@ -316,7 +316,7 @@ def test_cli_writes_the_same_artifact(ray_local, dataset, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert "wrote" in capsys.readouterr().out
     samples = load_samples(tmp_path / "out")
-    assert (samples.info.n_obs_steps, samples.info.horizon) == (2, 4)
+    assert (samples.info.window.n_obs_steps, samples.info.window.horizon) == (2, 4)
     assert samples.info.normalizer == {"obs": "minmax", "action": "minmax"}
     assert samples.info.train.episodes + samples.info.val.episodes == len(LENGTHS)
     assert ray_local.is_initialized()  # the CLI left the caller's Ray alone
@@ -360,10 +360,20 @@ def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(raw))
 
 
+def test_load_samples_reads_version_1_outputs_as_one_executed_action(output_copy):
+    path = output_copy / "samples.json"
+    raw = json.loads(path.read_text())
+    del raw["n_action_steps"]
+    path.write_text(json.dumps(raw | {"version": 1}))
+    info = load_samples(output_copy).info
+    assert info.version == 2 and info.window.n_action_steps == 1
+    assert (info.window.n_obs_steps, info.window.horizon) == (3, 5)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"version": 2}, "samples.json has version 2"),
+        ({"version": 3}, "samples.json has version 3"),
         ({"train__rows": 1}, "train: files hold .* rows, samples.json says 1"),
         ({"obs_dim": 4}, "normalizer dims"),
         ({"horizon": 6}, "has schema"),

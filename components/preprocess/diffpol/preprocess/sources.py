@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from diffpol.contracts import validate_batch
 from diffpol.contracts.dataset import DatasetManifest, data_files, read_manifest
 from diffpol.contracts.errors import ContractError
+from diffpol.contracts.shapes import ENV_SHAPE_KEYS, EnvShape
 
 # Columns the pipeline reads; the rest of a Transition (reward, flags, seed) is not needed.
 INPUT_COLUMNS = ["episode_id", "step", "obs", "action", "expert_action"]
@@ -54,16 +55,8 @@ class Sources:
         return self.items[0].manifest
 
     @property
-    def env_id(self) -> str:
-        return self.first.env_id
-
-    @property
-    def obs_dim(self) -> int:
-        return self.first.obs_dim
-
-    @property
-    def act_dim(self) -> int:
-        return self.first.act_dim
+    def env(self) -> EnvShape:
+        return self.first.env
 
     @property
     def rows(self) -> int:
@@ -122,7 +115,7 @@ def _check_file(path: Path, manifest: DatasetManifest) -> int:
             f"{path} is not a readable Parquet file (truncated or corrupted?): {exc}"
         ) from exc
     try:
-        validate_batch(schema.empty_table(), manifest.obs_dim, manifest.act_dim)
+        validate_batch(schema.empty_table(), manifest.env.obs_dim, manifest.env.act_dim)
     except ContractError as exc:
         raise ContractError(f"{path}: {exc}") from exc
     return rows
@@ -133,9 +126,9 @@ def _check_compatible(items: Sequence[Source]) -> None:
     for item in items[1:]:
         a, b = first.manifest, item.manifest
         diffs = [
-            f"{name} {getattr(a, name)!r} != {getattr(b, name)!r}"
-            for name in ("env_id", "obs_dim", "act_dim", "action_low", "action_high")
-            if getattr(a, name) != getattr(b, name)
+            f"{name} {getattr(a.env, name)!r} != {getattr(b.env, name)!r}"
+            for name in ENV_SHAPE_KEYS
+            if getattr(a.env, name) != getattr(b.env, name)
         ]
         if diffs:
             raise ContractError(

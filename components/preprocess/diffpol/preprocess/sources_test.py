@@ -21,7 +21,7 @@ def dataset(tmp_path):
 def test_a_valid_dataset_opens_with_its_files_and_rows(dataset):
     sources = open_sources([dataset])
     (source,) = sources.items
-    assert (sources.env_id, sources.obs_dim, sources.act_dim) == ("Pendulum-v1", 3, 1)
+    assert (sources.env.env_id, sources.env.obs_dim, sources.env.act_dim) == ("Pendulum-v1", 3, 1)
     assert source.rows == sources.rows == 18
     assert len(source.files) == 2
 

@@ -161,8 +161,8 @@ def collect_stats(sources: Sources) -> DataStats:
             batch_format="pyarrow",
             batch_size=None,
             fn_kwargs={
-                "obs_dim": sources.obs_dim,
-                "act_dim": sources.act_dim,
+                "obs_dim": sources.env.obs_dim,
+                "act_dim": sources.env.act_dim,
                 "source": index,
                 "source_path": str(source.root),
             },

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from diffpol.contracts import SCHEMA_VERSION, transition_schema
+from diffpol.contracts import SCHEMA_VERSION, EnvShape, transition_schema
 from diffpol.contracts.arrow import fixed_list_array
 from diffpol.contracts.atomic import atomic_write_json
 from diffpol.contracts.dataset import (
@@ -106,11 +106,13 @@ def write_dataset(
     fingerprint, digests = digest_files(data_files(root))
     manifest = DatasetManifest(
         schema_version=SCHEMA_VERSION,
-        env_id=env_id,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        action_low=tuple(action_low or [-2.0] * act_dim),
-        action_high=tuple(action_high or [2.0] * act_dim),
+        env=EnvShape(
+            env_id,
+            obs_dim,
+            act_dim,
+            tuple(action_low or [-2.0] * act_dim),
+            tuple(action_high or [2.0] * act_dim),
+        ),
         policy=policy,
         policy_params={},
         seed=seed,

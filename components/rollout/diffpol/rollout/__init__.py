@@ -8,6 +8,14 @@ logs into the same format.
 
 __version__ = "0.1.0"
 
+from diffpol.envs import (
+    EnvSpec,
+    VectorEnv,
+    get_env_spec,
+    initial_state,
+    known_env_ids,
+    make_vector_env,
+)
 from diffpol.rollout.collect import (
     CollectError,
     CollectResult,
@@ -15,14 +23,6 @@ from diffpol.rollout.collect import (
     collect,
     collect_local,
     resolve_plan,
-)
-from diffpol.rollout.envs import (
-    EnvSpec,
-    VectorEnv,
-    get_env_spec,
-    initial_state,
-    known_env_ids,
-    make_vector_env,
 )
 from diffpol.rollout.importer import ColumnMapping, ImportSchemaError, import_parquet, parse_mapping
 from diffpol.rollout.plan import episode_id, make_plan, reset_seeds, split_shards

@@ -29,7 +29,7 @@ from diffpol.contracts import batch_from_envelope
 from diffpol.contracts.dataset import DatasetManifest
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.ray_session import ray_session
-from diffpol.rollout.envs import get_env_spec, resolve_backend
+from diffpol.envs import get_env_spec, resolve_backend
 from diffpol.rollout.plan import decode_params, episode_ids, make_plan, shard_indices, split_shards
 from diffpol.rollout.policies import DataPolicy, make_policy
 from diffpol.rollout.provenance import dataset_provenance

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from diffpol.contracts import transition_schema
 from diffpol.contracts.dataset import DatasetManifest
 from diffpol.contracts.errors import ContractError
-from diffpol.rollout.envs import EnvSpec, get_env_spec, known_env_ids
+from diffpol.envs import EnvSpec, get_env_spec, known_env_ids
 from diffpol.rollout.provenance import package_versions
 from diffpol.rollout.sink import open_dataset
 

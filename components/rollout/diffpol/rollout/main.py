@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffpol.rollout.envs import AUTO, BACKENDS, get_env_spec, known_env_ids, resolve_backend
+from diffpol.envs import AUTO, BACKENDS, get_env_spec, known_env_ids, resolve_backend
 from diffpol.rollout.plan import make_plan
 from diffpol.rollout.policies import known_policies
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     m = result.manifest
     print(
-        f"{m.env_id} / {m.policy}: {m.episodes} episodes, {m.transitions} transitions, "
+        f"{m.env.env_id} / {m.policy}: {m.episodes} episodes, {m.transitions} transitions, "
         f"mean return {m.returns.mean:.2f} (std {m.returns.std:.2f}, min {m.returns.min:.2f}, "
         f"max {m.returns.max:.2f}) in {result.seconds:.1f} s "
         f"({m.transitions / result.seconds:,.0f} transitions/s) -> {args.out}"

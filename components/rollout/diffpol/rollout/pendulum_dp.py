@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from diffpol.contracts.atomic import atomic_write_bytes
-from diffpol.rollout.dynamics import (
+from diffpol.envs.dynamics import (
     PENDULUM_DT,
     PENDULUM_GAIN_SIN,
     PENDULUM_GAIN_U,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffpol.rollout.envs import make_vector_env
+from diffpol.envs import make_vector_env
 from diffpol.rollout.pendulum_dp import (
     PendulumDPConfig,
     PendulumDPController,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from diffpol.rollout.envs import MAX_RESET_SEED, get_env_spec
+from diffpol.envs import MAX_RESET_SEED, get_env_spec
 from diffpol.v1 import rollout_pb2
 
 _INDEX_BITS = 32

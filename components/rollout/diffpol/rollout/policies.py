@@ -36,7 +36,7 @@ import numpy as np
 
 from diffpol.contracts import Policy, PolicySpec
 from diffpol.contracts.policy_specs import SPEC_FORMS, build_policy, parse_policy_spec
-from diffpol.rollout.envs import EnvSpec, get_env_spec
+from diffpol.envs import EnvSpec, get_env_spec
 from diffpol.rollout.plan import call_seed, episode_rng
 
 # A batched controller: observations [B, obs_dim] float32 -> actions [B] or [B, act_dim].

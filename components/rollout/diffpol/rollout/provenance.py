@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from diffpol.rollout.envs import get_env_spec
+from diffpol.envs import get_env_spec
 
 _PACKAGES = ("numpy", "gymnasium", "envpool", "pyarrow", "ray")
 EPISODE_ID_SCHEME = (
@@ -46,7 +46,7 @@ def dataset_provenance(
         "episode_ids": EPISODE_ID_SCHEME,
         "replay": {
             # Everything a replay needs is in each row (its reset seed) plus the backend.
-            "initial_state": "diffpol.rollout.envs.initial_state(env_id, backend, row.seed) (exact float64)",
+            "initial_state": "diffpol.envs.initial_state(env_id, backend, row.seed) (exact float64)",
             "function": "diffpol.rollout.replay.replay_recorded(dataset_dir, episode_id)",
             "matches_gymnasium": matches,
         },

@@ -18,8 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from diffpol.contracts.dataset import data_files, read_manifest
-from diffpol.rollout import dynamics
-from diffpol.rollout.envs import get_env_spec, initial_state, obs_from_state
+from diffpol.envs import dynamics, get_env_spec, initial_state, obs_from_state
 
 
 def state_from_obs(env_id: str, obs: np.ndarray) -> np.ndarray:
@@ -118,9 +117,9 @@ def replay_recorded(dataset_dir: str | Path, episode_id: int) -> ReplayCheck:
     )
     rewards = np.asarray(table["reward"], np.float32)
     seed = int(table["seed"][0].as_py())
-    state = initial_state(manifest.env_id, backend, seed)
+    state = initial_state(manifest.env.env_id, backend, seed)
     replay_obs, replay_rewards = replay_episode(
-        manifest.env_id, obs[0], actions, initial_state=state
+        manifest.env.env_id, obs[0], actions, initial_state=state
     )
     return ReplayCheck(
         episode_id=int(episode_id),

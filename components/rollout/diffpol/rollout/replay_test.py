@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffpol.contracts.dataset import data_files
+from diffpol.envs import initial_state
 from diffpol.rollout.collect import collect_local
-from diffpol.rollout.envs import initial_state
 from diffpol.rollout.plan import episode_id, make_plan
 from diffpol.rollout.replay import replay_episode, replay_recorded
 

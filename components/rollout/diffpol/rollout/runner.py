@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from diffpol.contracts import batch_to_envelope, transition_schema, validate_batch
-from diffpol.rollout.envs import VectorEnv, get_env_spec, make_vector_env, resolve_backend
+from diffpol.envs import VectorEnv, get_env_spec, make_vector_env, resolve_backend
 from diffpol.rollout.plan import episode_ids, reset_seeds, shard_indices
 from diffpol.rollout.policies import DataPolicy
 from diffpol.v1 import rollout_pb2

@@ -100,11 +100,10 @@ def test_random_mountain_car_is_truncated_at_the_plans_step_limit():
 def test_onnx_sampler_policy_runs_with_history_and_action_chunks(tmp_path):
     pytest.importorskip("torch")
     sampler = pytest.importorskip("diffpol.sampler")
-    from diffpol.contracts import PolicySpec
+    from diffpol.contracts import EnvShape, Window
     from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
     from diffpol.sampler.testing import ReferenceLoop
 
-    spec = PolicySpec(obs_dim=3, act_dim=1, n_obs_steps=2, n_action_steps=3)
     loop = ReferenceLoop(
         3, 1, n_obs_steps=2, horizon=4, steps=2, num_train_timesteps=10, width=16, depth=1
     )
@@ -113,7 +112,12 @@ def test_onnx_sampler_policy_runs_with_history_and_action_chunks(tmp_path):
         action=AffineNormalizer("minmax", (0.0,), (2.0,)),
     )
     path = sampler.export_onnx(
-        loop, normalizer, [-2.0], [2.0], spec, 4, "Pendulum-v1", "test", tmp_path / "p.onnx"
+        loop,
+        normalizer,
+        EnvShape("Pendulum-v1", 3, 1, (-2.0,), (2.0,)),
+        Window(n_obs_steps=2, horizon=4, n_action_steps=3),
+        tmp_path / "p.onnx",
+        model_version="test",
     )
     policy = make_policy(f"onnx:{path}", "Pendulum-v1")
     table = _rows("Pendulum-v1", policy, episodes=2, num_envs=2, seed=11, max_steps=7)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffpol.rollout.dynamics import (
+from diffpol.envs.dynamics import (
     PENDULUM_DT,
     PENDULUM_GAIN_SIN,
     PENDULUM_GAIN_U,

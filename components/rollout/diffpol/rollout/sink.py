@@ -27,7 +27,7 @@ from diffpol.contracts.dataset import (
     digest_files,
 )
 from diffpol.contracts.errors import ContractError
-from diffpol.rollout.envs import EnvSpec
+from diffpol.envs import EnvSpec
 
 
 class DatasetWriter:
@@ -91,11 +91,7 @@ class DatasetWriter:
         fingerprint, digests = digest_files(data_files(self.staging))
         manifest = DatasetManifest(
             schema_version=SCHEMA_VERSION,
-            env_id=self.env.env_id,
-            obs_dim=self.env.obs_dim,
-            act_dim=self.env.act_dim,
-            action_low=tuple(self.env.action_low),
-            action_high=tuple(self.env.action_high),
+            env=self.env.shape,
             policy=policy,
             policy_params=dict(policy_params),
             seed=int(seed),

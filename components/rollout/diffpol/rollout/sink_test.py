@@ -10,8 +10,8 @@ import pytest
 
 from diffpol.contracts.dataset import data_files, read_manifest
 from diffpol.contracts.errors import ContractError
+from diffpol.envs import get_env_spec
 from diffpol.rollout.collect import collect_local
-from diffpol.rollout.envs import get_env_spec
 from diffpol.rollout.plan import make_plan
 from diffpol.rollout.policies import make_policy
 from diffpol.rollout.runner import ShardRunner
@@ -47,7 +47,7 @@ def test_manifest_counts_and_returns_come_from_the_data(tmp_path):
     assert manifest.provenance["backend"] == "numpy"
     assert manifest.provenance["label_column"] == "expert_action"
     assert manifest.provenance["replay"]["matches_gymnasium"] is True
-    assert (manifest.obs_dim, manifest.act_dim, manifest.seed) == (3, 1, 3)
+    assert (manifest.env.obs_dim, manifest.env.act_dim, manifest.seed) == (3, 1, 3)
 
 
 def test_a_failure_inside_the_write_leaves_no_dataset(tmp_path):

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from diffpol.contracts import PolicySpec
+from diffpol.contracts import EnvShape, Window
 from diffpol.contracts.atomic import atomic_write_bytes
 from diffpol.contracts.model_metadata import ModelMetadata
 from diffpol.contracts.normalizer import Normalizer
@@ -109,14 +109,11 @@ class SamplerModule(nn.Module):
 def export_onnx(
     loop: SamplingLoop,
     normalizer: Normalizer,
-    action_low: Sequence[float],
-    action_high: Sequence[float],
-    spec: PolicySpec,
-    horizon: int,
-    env_id: str,
-    model_version: str,
+    env: EnvShape,
+    window: Window,
     path: str | Path,
     *,
+    model_version: str,
     atol: float = DEFAULT_ATOL,
     validate_batch_sizes: Sequence[int] = VALIDATION_BATCH_SIZES,
     validation_seed: int = 0,
@@ -137,11 +134,14 @@ def export_onnx(
     fails is logged and the next one tried, down to the plain traced graph, so an
     optimiser bug costs speed, not the export.)
     """
-    metadata = _metadata(
-        loop, normalizer, action_low, action_high, spec, horizon, env_id, model_version
-    )
+    metadata = _metadata(loop, normalizer, env, window, model_version)
     graph_module = SamplerModule(
-        loop, normalizer, metadata.action_low, metadata.action_high, spec.n_action_steps, horizon
+        loop,
+        normalizer,
+        env.action_low,
+        env.action_high,
+        window.n_action_steps,
+        window.horizon,
     )
     was_training = loop.training
     graph_module.eval()
@@ -227,7 +227,7 @@ def _annotate(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "diffpol.sampler"
     model.doc_string = (
-        f"diffpol {metadata.sampler}-{metadata.steps} sampler for {metadata.env_id}, "
+        f"diffpol {metadata.sampler}-{metadata.steps} sampler for {metadata.env.env_id}, "
         f"model_version {metadata.model_version}"
     )
     onnx.checker.check_model(model, full_check=True)
@@ -236,11 +236,8 @@ def _annotate(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
 def _metadata(
     loop: SamplingLoop,
     normalizer: Normalizer,
-    action_low: Sequence[float],
-    action_high: Sequence[float],
-    spec: PolicySpec,
-    horizon: int,
-    env_id: str,
+    env: EnvShape,
+    window: Window,
     model_version: str,
 ) -> ModelMetadata:
     missing = [a for a in ("sampler", "steps", "step_noise_steps") if not hasattr(loop, a)]
@@ -249,28 +246,19 @@ def _metadata(
             f"loop must be a SamplingLoop nn.Module with attributes sampler, steps and "
             f"step_noise_steps; {type(loop).__name__} lacks {', '.join(missing) or 'forward'}"
         )
-    if normalizer.obs.dim != spec.obs_dim:
-        raise ValueError(
-            f"normalizer.obs has {normalizer.obs.dim} dimensions, spec.obs_dim is {spec.obs_dim}"
-        )
-    if normalizer.action.dim != spec.act_dim:
-        raise ValueError(
-            f"normalizer.action has {normalizer.action.dim} dimensions, "
-            f"spec.act_dim is {spec.act_dim}"
-        )
+    for part, dim, name in (("obs", env.obs_dim, "obs_dim"), ("action", env.act_dim, "act_dim")):
+        if getattr(normalizer, part).dim != dim:
+            raise ValueError(
+                f"normalizer.{part} has {getattr(normalizer, part).dim} dimensions, "
+                f"env.{name} is {dim}"
+            )
     return ModelMetadata(
-        env_id=env_id,
-        obs_dim=spec.obs_dim,
-        act_dim=spec.act_dim,
-        n_obs_steps=spec.n_obs_steps,
-        horizon=int(horizon),
-        n_action_steps=spec.n_action_steps,
+        env=env,
+        window=window,
         sampler=str(loop.sampler),
         steps=int(loop.steps),
         step_noise_steps=int(loop.step_noise_steps),
         model_version=model_version,
-        action_low=tuple(float(x) for x in action_low),
-        action_high=tuple(float(x) for x in action_high),
     )
 
 
@@ -278,15 +266,17 @@ def _example_inputs(
     metadata: ModelMetadata, normalizer: Normalizer, batch: int, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Observations spread like normalised data (center + scale * N(0, 1)) and unit noise."""
-    obs = rng.standard_normal((batch, metadata.n_obs_steps, metadata.obs_dim))
+    obs = rng.standard_normal((batch, metadata.window.n_obs_steps, metadata.env.obs_dim))
     obs = obs * np.asarray(normalizer.obs.scale) + np.asarray(normalizer.obs.center)
     inputs = {
         "obs": obs.astype(np.float32),
-        "noise": rng.standard_normal((batch, metadata.horizon, metadata.act_dim), dtype=np.float32),
+        "noise": rng.standard_normal(
+            (batch, metadata.window.horizon, metadata.env.act_dim), dtype=np.float32
+        ),
     }
     if metadata.step_noise_steps:
         inputs["step_noise"] = rng.standard_normal(
-            (batch, metadata.step_noise_steps, metadata.horizon, metadata.act_dim),
+            (batch, metadata.step_noise_steps, metadata.window.horizon, metadata.env.act_dim),
             dtype=np.float32,
         )
     return inputs
@@ -305,12 +295,13 @@ def _run_torch(graph_module: nn.Module, inputs: dict[str, np.ndarray]) -> np.nda
 def _check_loop_output(graph_module: SamplerModule, metadata: ModelMetadata) -> None:
     batch = 2
     inputs = {
-        "obs": np.zeros((batch, metadata.n_obs_steps, metadata.obs_dim), np.float32),
-        "noise": np.zeros((batch, metadata.horizon, metadata.act_dim), np.float32),
+        "obs": np.zeros((batch, metadata.window.n_obs_steps, metadata.env.obs_dim), np.float32),
+        "noise": np.zeros((batch, metadata.window.horizon, metadata.env.act_dim), np.float32),
     }
     if metadata.step_noise_steps:
         inputs["step_noise"] = np.zeros(
-            (batch, metadata.step_noise_steps, metadata.horizon, metadata.act_dim), np.float32
+            (batch, metadata.step_noise_steps, metadata.window.horizon, metadata.env.act_dim),
+            np.float32,
         )
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items())
     try:
@@ -318,26 +309,31 @@ def _check_loop_output(graph_module: SamplerModule, metadata: ModelMetadata) -> 
             raw = graph_module.loop(*[torch.from_numpy(v) for v in inputs.values()])
     except Exception as exc:
         raise ValueError(
-            f"the loop fails on inputs shaped from spec and horizon ({shapes}): {exc}; "
-            "check that horizon, spec and the loop's own sizes agree"
+            f"the loop fails on inputs shaped from the env and window ({shapes}): {exc}; "
+            "check that the window, the env shape and the loop's own sizes agree"
         ) from exc
-    expected = (batch, metadata.horizon, metadata.act_dim)
+    expected = (batch, metadata.window.horizon, metadata.env.act_dim)
     if tuple(raw.shape) != expected:
         raise ValueError(
             f"loop returned shape {list(raw.shape)} for batch {batch}; expected "
-            f"[B, horizon, act_dim] = {list(expected)}: check horizon and spec.act_dim"
+            f"[B, horizon, act_dim] = {list(expected)}: check window.horizon and env.act_dim"
         )
 
 
 def _to_onnx(graph_module: SamplerModule, metadata: ModelMetadata) -> onnx.ModelProto:
     rng = np.random.default_rng(12345)
     example = {
-        "obs": rng.standard_normal((2, metadata.n_obs_steps, metadata.obs_dim), dtype=np.float32),
-        "noise": rng.standard_normal((2, metadata.horizon, metadata.act_dim), dtype=np.float32),
+        "obs": rng.standard_normal(
+            (2, metadata.window.n_obs_steps, metadata.env.obs_dim), dtype=np.float32
+        ),
+        "noise": rng.standard_normal(
+            (2, metadata.window.horizon, metadata.env.act_dim), dtype=np.float32
+        ),
     }
     if metadata.step_noise_steps:
         example["step_noise"] = rng.standard_normal(
-            (2, metadata.step_noise_steps, metadata.horizon, metadata.act_dim), dtype=np.float32
+            (2, metadata.step_noise_steps, metadata.window.horizon, metadata.env.act_dim),
+            dtype=np.float32,
         )
     names = list(example)
     buffer = io.BytesIO()
@@ -383,14 +379,14 @@ def validate_against_torch(
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     scale = np.asarray(normalizer.action.scale, np.float32)
-    low = np.asarray(metadata.action_low, np.float32)
-    high = np.asarray(metadata.action_high, np.float32)
+    low = np.asarray(metadata.env.action_low, np.float32)
+    high = np.asarray(metadata.env.action_high, np.float32)
     errors: dict[int, float] = {}
     for batch in batch_sizes:
         inputs = _example_inputs(metadata, normalizer, batch, rng)
         expected = _run_torch(graph_module, inputs)
         (actual,) = session.run(["action"], inputs)
-        shape = (batch, metadata.n_action_steps, metadata.act_dim)
+        shape = (batch, metadata.window.n_action_steps, metadata.env.act_dim)
         if actual.shape != shape or actual.dtype != np.float32:
             raise ExportValidationError(
                 f"graph output is {actual.dtype}{list(actual.shape)} at batch {batch}, "

@@ -11,10 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffpol.contracts import CONTRACT_VERSION, PolicySpec
+from diffpol.contracts import CONTRACT_VERSION, ContractError, EnvShape, Window
 from diffpol.contracts.model_metadata import METADATA_KEYS
 from diffpol.sampler import ExportValidationError, OnnxPolicy, export_onnx
-from diffpol.sampler.errors import ArtifactError
 from diffpol.sampler.testing import ReferenceLoop, pendulum_like_normalizer
 
 
@@ -35,10 +34,10 @@ def test_graph_matches_pytorch_pipeline_at_several_batch_sizes(models, kind):
     m = policy.metadata
     seed = {"ddim": 0, "ddpm": 2}[kind]
     loop = ReferenceLoop(
-        m.obs_dim,
-        m.act_dim,
-        m.n_obs_steps,
-        m.horizon,
+        m.env.obs_dim,
+        m.env.act_dim,
+        m.window.n_obs_steps,
+        m.window.horizon,
         sampler=kind,
         steps=m.steps,
         num_train_timesteps=100 if kind == "ddim" else 10,
@@ -46,17 +45,17 @@ def test_graph_matches_pytorch_pipeline_at_several_batch_sizes(models, kind):
         depth=2,
         seed=seed,
     ).eval()
-    normalizer = pendulum_like_normalizer(m.obs_dim, m.act_dim)
+    normalizer = pendulum_like_normalizer(m.env.obs_dim, m.env.act_dim)
     scale = np.asarray(normalizer.action.scale)
     rng = np.random.default_rng(42)
     for batch in (1, 7, 256):
-        obs = (rng.standard_normal((batch, m.n_obs_steps, m.obs_dim)) * 2).astype(np.float32)
+        obs = (rng.standard_normal((batch, m.window.n_obs_steps, m.env.obs_dim)) * 2).astype(np.float32)
         noise, step_noise = policy.draw_inputs(batch, seed=batch)
         actual = policy.run(obs, noise, step_noise)
         expected = _expected(
-            loop, normalizer, obs, noise, step_noise, m.n_action_steps, m.action_low, m.action_high
+            loop, normalizer, obs, noise, step_noise, m.window.n_action_steps, m.env.action_low, m.env.action_high
         )
-        assert actual.shape == (batch, m.n_action_steps, m.act_dim)
+        assert actual.shape == (batch, m.window.n_action_steps, m.env.act_dim)
         # Same tolerance export_onnx enforces (normalised action units); see DEFAULT_ATOL.
         assert np.max(np.abs(actual - expected) / scale) < 1e-3
         # Not a vacuous comparison: many actions are not saturated at a clip limit.
@@ -97,14 +96,14 @@ def test_actions_stay_within_bounds_for_extreme_observations(models, value):
     for kind in ("ddim", "ddpm"):
         policy = OnnxPolicy(models[kind])
         m = policy.metadata
-        obs = np.full((3, m.n_obs_steps, m.obs_dim), value, np.float32)
+        obs = np.full((3, m.window.n_obs_steps, m.env.obs_dim), value, np.float32)
         obs[1, :, 0] = -value
         noise, step_noise = policy.draw_inputs(3, seed=0)
         noise[2] *= 1e20  # absurd noise too: the graph must still clip
         action = policy.run(obs, noise, step_noise)
         assert np.all(np.isfinite(action))
-        assert np.all(action >= np.asarray(m.action_low))
-        assert np.all(action <= np.asarray(m.action_high))
+        assert np.all(action >= np.asarray(m.env.action_low))
+        assert np.all(action <= np.asarray(m.env.action_high))
 
 
 @settings(
@@ -119,11 +118,11 @@ def test_actions_stay_within_bounds_for_any_finite_observation(models, magnitude
     m = policy.metadata
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    obs = (rng.standard_normal((5, m.n_obs_steps, m.obs_dim)) * 10.0**magnitude).astype(np.float32)
+    obs = (rng.standard_normal((5, m.window.n_obs_steps, m.env.obs_dim)) * 10.0**magnitude).astype(np.float32)
     obs = np.nan_to_num(obs, posinf=3e38, neginf=-3e38)
     action = policy.act(obs, seed=seed)
-    assert np.all(action >= np.asarray(m.action_low)) and np.all(
-        action <= np.asarray(m.action_high)
+    assert np.all(action >= np.asarray(m.env.action_low)) and np.all(
+        action <= np.asarray(m.env.action_high)
     )
 
 
@@ -154,8 +153,12 @@ class _ReshapingLoop(torch.nn.Module):
         return noise[..., :2] + obs_norm.mean()
 
 
-def _spec():
-    return PolicySpec(obs_dim=3, act_dim=2, n_obs_steps=2, n_action_steps=4)
+def _env(obs_dim=3, act_dim=2, low=(-1, -2), high=(1, 2)):
+    return EnvShape("Pendulum-v1", obs_dim, act_dim, low, high)
+
+
+def _window(horizon=8):
+    return Window(n_obs_steps=2, horizon=horizon, n_action_steps=4)
 
 
 def test_refuses_to_write_a_graph_that_does_not_match_and_keeps_the_old_file(tmp_path):
@@ -165,13 +168,10 @@ def test_refuses_to_write_a_graph_that_does_not_match_and_keeps_the_old_file(tmp
         export_onnx(
             _SelfNoisingLoop(),
             pendulum_like_normalizer(),
-            [-1, -2],
-            [1, 2],
-            _spec(),
-            8,
-            "Pendulum-v1",
-            "bad",
+            _env(),
+            _window(),
             target,
+            model_version="bad",
         )
     assert target.read_bytes() == b"previous artifact"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp files left
@@ -182,13 +182,10 @@ def test_refuses_a_loop_that_ignores_its_observations(tmp_path):
         export_onnx(
             _BlindLoop(),
             pendulum_like_normalizer(),
-            [-1, -2],
-            [1, 2],
-            _spec(),
-            8,
-            "Pendulum-v1",
-            "bad",
+            _env(),
+            _window(),
             tmp_path / "m.onnx",
+            model_version="bad",
         )
     assert not (tmp_path / "m.onnx").exists()
 
@@ -197,30 +194,29 @@ def test_rejects_inconsistent_arguments(tmp_path):
     loop = ReferenceLoop(3, 2, 2, 8, steps=2, width=8, depth=1)
     norm = pendulum_like_normalizer()
     target = tmp_path / "m.onnx"
-    with pytest.raises(ValueError, match=r"normalizer\.obs has 3 dimensions, spec\.obs_dim is 4"):
-        export_onnx(loop, norm, [-1, -2], [1, 2], PolicySpec(4, 2, 2, 4), 8, "e", "v", target)
-    with pytest.raises(ArtifactError, match="action_low has 1 values, act_dim is 2"):
-        export_onnx(loop, norm, [-1], [1, 2], _spec(), 8, "e", "v", target)
-    with pytest.raises(ArtifactError, match="must be below action_high"):
-        export_onnx(loop, norm, [1, -2], [-1, 2], _spec(), 8, "e", "v", target)
-    with pytest.raises(ArtifactError, match=r"n_action_steps \(4\) exceeds horizon \(3\)"):
-        export_onnx(loop, norm, [-1, -2], [1, 2], _spec(), 3, "e", "v", target)
+    with pytest.raises(ValueError, match=r"normalizer\.obs has 3 dimensions, env\.obs_dim is 4"):
+        export_onnx(loop, norm, _env(obs_dim=4), _window(), target, model_version="v")
+    with pytest.raises(ContractError, match="action_low has 1 values, act_dim is 2"):
+        export_onnx(loop, norm, _env(low=(-1,)), _window(), target, model_version="v")
+    with pytest.raises(ContractError, match="must be below action_high"):
+        export_onnx(
+            loop, norm, _env(low=(1, -2), high=(-1, 2)), _window(), target, model_version="v"
+        )
+    with pytest.raises(ContractError, match=r"n_action_steps \(Ta=4\) exceeds horizon \(T=3\)"):
+        export_onnx(loop, norm, _env(), _window(horizon=3), target, model_version="v")
     with pytest.raises(ValueError, match=r"the loop fails on inputs shaped.*noise \[2, 10, 2\]"):
-        export_onnx(loop, norm, [-1, -2], [1, 2], _spec(), 10, "e", "v", target)
+        export_onnx(loop, norm, _env(), _window(horizon=10), target, model_version="v")
     with pytest.raises(ValueError, match=r"loop returned shape \[2, 8, 2\].*\[2, 8, 3\]"):
         export_onnx(
             _ReshapingLoop(),
             pendulum_like_normalizer(3, 3),
-            [-1, -2, -3],
-            [1, 2, 3],
-            PolicySpec(3, 3, 2, 4),
-            8,
-            "e",
-            "v",
+            _env(act_dim=3, low=(-1, -2, -3), high=(1, 2, 3)),
+            _window(),
             target,
+            model_version="v",
         )
     with pytest.raises(TypeError, match="lacks sampler, steps, step_noise_steps"):
-        export_onnx(torch.nn.Identity(), norm, [-1, -2], [1, 2], _spec(), 8, "e", "v", target)
+        export_onnx(torch.nn.Identity(), norm, _env(), _window(), target, model_version="v")
     assert not target.exists()
 
 
@@ -230,13 +226,10 @@ def test_export_restores_the_loops_mode_and_torch_threads(tmp_path):
     export_onnx(
         loop,
         pendulum_like_normalizer(),
-        [-1, -2],
-        [1, 2],
-        _spec(),
-        8,
-        "e",
-        "v",
+        _env(),
+        _window(),
         tmp_path / "m.onnx",
+        model_version="v",
         validate_batch_sizes=(1, 3),
     )
     assert loop.training
@@ -260,13 +253,10 @@ def test_the_optimised_graph_is_smaller_and_agrees_with_the_plain_one(tmp_path):
         paths[slim] = export_onnx(
             loop,
             pendulum_like_normalizer(),
-            [-1, -2],
-            [1, 2],
-            _spec(),
-            8,
-            "Pendulum-v1",
-            "v",
+            _env(),
+            _window(),
             tmp_path / f"{slim}.onnx",
+            model_version="v",
             slim=slim,
         )
     nodes = {slim: len(onnx.load(str(p)).graph.node) for slim, p in paths.items()}

@@ -235,7 +235,10 @@ def build_relu_network(
     """
     m = metadata
     s, width = loop.sample_dim, loop.first_x.shape[0]
-    if s != m.horizon * m.act_dim or loop.first_cond.shape[1] != m.n_obs_steps * m.obs_dim:
+    if (
+        s != m.window.horizon * m.env.act_dim
+        or loop.first_cond.shape[1] != m.window.n_obs_steps * m.env.obs_dim
+    ):
         raise UnsupportedLoop("the denoiser's sizes do not match horizon, act_dim and obs")
     clip = loop.clip_range is not None
     side_gemm = clip and width >= _SIDE_GEMM_MIN_WIDTH
@@ -250,8 +253,8 @@ def build_relu_network(
         step_noise = g.node("Reshape", ["step_noise", shape])  # [B, K, S]
 
     # The observation, normalised, through the first layer.
-    cond_weight = loop.first_cond / np.tile(obs_scale, m.n_obs_steps)
-    cond_bias = -cond_weight @ np.tile(obs_center, m.n_obs_steps)
+    cond_weight = loop.first_cond / np.tile(obs_scale, m.window.n_obs_steps)
+    cond_bias = -cond_weight @ np.tile(obs_center, m.window.n_obs_steps)
 
     def first_layer(i: int, x: _Affine) -> _Affine:
         """Step i's first layer, given the sample x_i on its input channels."""
@@ -342,39 +345,44 @@ def build_relu_network(
 
     # The last update, the first Ta actions, unnormalised: one Gemm.
     n = len(loop.updates) - 1
-    ta = m.n_action_steps * m.act_dim
-    out_scale = np.tile(act_scale, m.n_action_steps)
+    ta = m.window.n_action_steps * m.env.act_dim
+    out_scale = np.tile(act_scale, m.window.n_action_steps)
     x_final = sample_after(n)
     final = _Affine(
         out_scale[:, None] * x_final.weight[:ta],
-        out_scale * x_final.bias[:ta] + np.tile(act_center, m.n_action_steps),
+        out_scale * x_final.bias[:ta] + np.tile(act_center, m.window.n_action_steps),
     )
     c = None
     if loop.updates[n].stochastic:
         c = with_noise(n, k, g.const("b", final.bias), np.eye(s)[:ta] * out_scale[:, None])
     y = g.gemm(v, final, c=c)
     # NaN (float overflow on absurd inputs) -> the fallback action; then the bounds.
-    fallback_name = g.const("fallback", np.tile(fallback, m.n_action_steps))
+    fallback_name = g.const("fallback", np.tile(fallback, m.window.n_action_steps))
     y = g.node("Where", [g.node("IsNaN", [y]), fallback_name, y])
-    if len(set(m.action_low)) == 1 and len(set(m.action_high)) == 1:  # one node
-        y = g.node("Clip", [y, g.const("low", m.action_low[0]), g.const("high", m.action_high[0])])
+    if len(set(m.env.action_low)) == 1 and len(set(m.env.action_high)) == 1:  # one node
+        y = g.node(
+            "Clip", [y, g.const("low", m.env.action_low[0]), g.const("high", m.env.action_high[0])]
+        )
     else:
-        y = g.node("Max", [y, g.const("low", np.tile(m.action_low, m.n_action_steps))])
-        y = g.node("Min", [y, g.const("high", np.tile(m.action_high, m.n_action_steps))])
-    shape = g.const("shape", [0, m.n_action_steps, m.act_dim], np.int64)
+        y = g.node("Max", [y, g.const("low", np.tile(m.env.action_low, m.window.n_action_steps))])
+        y = g.node("Min", [y, g.const("high", np.tile(m.env.action_high, m.window.n_action_steps))])
+    shape = g.const("shape", [0, m.window.n_action_steps, m.env.act_dim], np.int64)
     g.node("Reshape", [y, shape], output="action")
 
     def tensor(name: str, dims: Sequence[int]) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims])
 
-    inputs = [tensor("obs", [m.n_obs_steps, m.obs_dim]), tensor("noise", [m.horizon, m.act_dim])]
+    inputs = [
+        tensor("obs", [m.window.n_obs_steps, m.env.obs_dim]),
+        tensor("noise", [m.window.horizon, m.env.act_dim]),
+    ]
     if m.step_noise_steps:
-        inputs.append(tensor("step_noise", [m.step_noise_steps, m.horizon, m.act_dim]))
+        inputs.append(tensor("step_noise", [m.step_noise_steps, m.window.horizon, m.env.act_dim]))
     graph = helper.make_graph(
         g.nodes,
         "diffpol_relu_sampler",
         inputs,
-        [tensor("action", [m.n_action_steps, m.act_dim])],
+        [tensor("action", [m.window.n_action_steps, m.env.act_dim])],
         g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffpol.contracts import PolicySpec
+from diffpol.contracts import EnvShape, Window
 from diffpol.diffusion import NoiseScheduleConfig, SamplingLoopSpec, make_scheduler
 from diffpol.diffusion.embedding import sinusoidal_embedding
 from diffpol.sampler import OnnxPolicy, export_onnx
@@ -114,13 +114,10 @@ def _export(loop, path, **kwargs) -> Path:
     return export_onnx(
         loop,
         pendulum_like_normalizer(OBS_DIM, ACT_DIM),
-        LOW,
-        HIGH,
-        PolicySpec(OBS_DIM, ACT_DIM, N_OBS, N_ACT),
-        HORIZON,
-        "Pendulum-v1",
-        "v",
+        EnvShape("Pendulum-v1", OBS_DIM, ACT_DIM, tuple(LOW), tuple(HIGH)),
+        Window(N_OBS, HORIZON, N_ACT),
         path,
+        model_version="v",
         **kwargs,
     )
 

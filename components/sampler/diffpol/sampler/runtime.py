@@ -86,9 +86,9 @@ class OnnxPolicy:
         self._check_signature()
         self._output_names = ["action"]
         m = self.metadata
-        self._obs_shape = (m.n_obs_steps, m.obs_dim)
-        self._noise_shape = (m.horizon, m.act_dim)
-        self._step_noise_shape = (m.step_noise_steps, m.horizon, m.act_dim)
+        self._obs_shape = (m.window.n_obs_steps, m.env.obs_dim)
+        self._noise_shape = (m.window.horizon, m.env.act_dim)
+        self._step_noise_shape = (m.step_noise_steps, m.window.horizon, m.env.act_dim)
 
     @property
     def providers(self) -> list[str]:
@@ -101,18 +101,18 @@ class OnnxPolicy:
     def __repr__(self) -> str:
         m = self.metadata
         return (
-            f"OnnxPolicy({str(self.path)!r}, env_id={m.env_id!r}, {m.sampler}-{m.steps}, "
+            f"OnnxPolicy({str(self.path)!r}, env_id={m.env.env_id!r}, {m.sampler}-{m.steps}, "
             f"model_version={m.model_version!r}, providers={self.providers})"
         )
 
     def _check_signature(self) -> None:
         m = self.metadata
         expected_inputs = {
-            "obs": [m.n_obs_steps, m.obs_dim],
-            "noise": [m.horizon, m.act_dim],
+            "obs": [m.window.n_obs_steps, m.env.obs_dim],
+            "noise": [m.window.horizon, m.env.act_dim],
         }
         if m.step_noise_steps:
-            expected_inputs["step_noise"] = [m.step_noise_steps, m.horizon, m.act_dim]
+            expected_inputs["step_noise"] = [m.step_noise_steps, m.window.horizon, m.env.act_dim]
         actual_inputs = {i.name: i for i in self._session.get_inputs()}
         problems = []
         if set(actual_inputs) != set(expected_inputs):
@@ -123,7 +123,7 @@ class OnnxPolicy:
         outputs = {o.name: o for o in self._session.get_outputs()}
         if set(outputs) != {"action"}:
             problems.append(f"outputs are {sorted(outputs)}, expected ['action']")
-        expected = {**expected_inputs, "action": [m.n_action_steps, m.act_dim]}
+        expected = {**expected_inputs, "action": [m.window.n_action_steps, m.env.act_dim]}
         for name, arg in {**actual_inputs, **outputs}.items():
             if name not in expected:
                 continue
@@ -155,7 +155,7 @@ class OnnxPolicy:
         if array.ndim != len(row_shape) + 1 or array.shape[1:] != row_shape:
             raise SamplerInputError(
                 f"{name} must have shape [B, {', '.join(map(str, row_shape))}] for this model "
-                f"({self.metadata.env_id}), got {list(array.shape)}"
+                f"({self.metadata.env.env_id}), got {list(array.shape)}"
             )
         batch = array.shape[0]
         if batch == 0:
@@ -196,11 +196,13 @@ class OnnxPolicy:
                 raise SamplerInputError(
                     f"seed must be a non-negative integer or None, got {seed!r}"
                 )
-            return draw_sampler_noise(seed, batch, m.horizon, m.act_dim, m.step_noise_steps)
+            return draw_sampler_noise(
+                seed, batch, m.window.horizon, m.env.act_dim, m.step_noise_steps
+            )
         rng = getattr(_thread_local, "rng", None)
         if rng is None:
             rng = _thread_local.rng = np.random.default_rng()
-        noise = rng.standard_normal((batch, m.horizon, m.act_dim), dtype=np.float32)
+        noise = rng.standard_normal((batch, m.window.horizon, m.env.act_dim), dtype=np.float32)
         step_noise = None
         if m.step_noise_steps:
             step_noise = rng.standard_normal((batch, *self._step_noise_shape), dtype=np.float32)

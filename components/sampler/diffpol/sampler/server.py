@@ -287,20 +287,20 @@ class SamplerServer:
     def _model_info(self, model: OnnxPolicy) -> sampler_pb2.ModelInfo:
         m = model.metadata
         return sampler_pb2.ModelInfo(
-            env_id=m.env_id,
-            obs_dim=m.obs_dim,
-            act_dim=m.act_dim,
-            n_obs_steps=m.n_obs_steps,
-            horizon=m.horizon,
-            n_action_steps=m.n_action_steps,
+            env_id=m.env.env_id,
+            obs_dim=m.env.obs_dim,
+            act_dim=m.env.act_dim,
+            n_obs_steps=m.window.n_obs_steps,
+            horizon=m.window.horizon,
+            n_action_steps=m.window.n_action_steps,
             sampler=m.sampler,
             steps=m.steps,
             model_version=m.model_version,
             contract_version=m.contract_version,
             server_version=SERVER_VERSION,
             max_batch_size=self.config.max_batch_size,
-            action_low=m.action_low,
-            action_high=m.action_high,
+            action_low=m.env.action_low,
+            action_high=m.env.action_high,
         )
 
     def stats(self) -> dict[str, int]:
@@ -314,7 +314,7 @@ class SamplerServer:
     def _message_bytes_for(self, model: OnnxPolicy) -> int:
         m = model.metadata
         floats = self.config.max_batch_size * max(
-            m.n_obs_steps * m.obs_dim, m.n_action_steps * m.act_dim
+            m.window.n_obs_steps * m.env.obs_dim, m.window.n_action_steps * m.env.act_dim
         )
         return max(_MIN_MESSAGE_BYTES, 2 * 4 * floats + 64 * 1024)
 

@@ -164,7 +164,7 @@ def export_reference(
     env_id: str = "Pendulum-v1",
 ):
     """Export a ReferenceLoop with ``pendulum_like_normalizer`` and bounds [-(i+1), i+1]."""
-    from diffpol.contracts import PolicySpec
+    from diffpol.contracts import EnvShape, Window
     from diffpol.sampler.export import export_onnx
 
     loop = ReferenceLoop(
@@ -184,13 +184,10 @@ def export_reference(
     return export_onnx(
         loop,
         pendulum_like_normalizer(obs_dim, act_dim),
-        [-b for b in bounds],
-        bounds,
-        PolicySpec(obs_dim, act_dim, n_obs_steps, n_action_steps),
-        horizon,
-        env_id,
-        model_version,
+        EnvShape(env_id, obs_dim, act_dim, tuple(-b for b in bounds), tuple(bounds)),
+        Window(n_obs_steps, horizon, n_action_steps),
         path,
+        model_version=model_version,
     )
 
 

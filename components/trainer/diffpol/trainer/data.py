@@ -44,13 +44,9 @@ class TrainingData:
         return {
             "path": str(self.root),
             "fingerprint": self.fingerprint,
-            "env_id": info.env_id,
-            "obs_dim": info.obs_dim,
-            "act_dim": info.act_dim,
-            "n_obs_steps": info.n_obs_steps,
-            "horizon": info.horizon,
-            "action_low": list(info.action_low),
-            "action_high": list(info.action_high),
+            **info.env.to_json(),
+            "n_obs_steps": info.window.n_obs_steps,
+            "horizon": info.window.horizon,
             "label": info.label,
             "train_rows": info.train.rows,
             "val_rows": info.val.rows,
@@ -76,11 +72,11 @@ def fingerprint_samples(samples: Samples) -> str:
 
 def check_model_matches(config: ModelConfig, data: TrainingData) -> None:
     """The samples' windows must be the ones the model is built for."""
-    info = data.info
-    if (config.n_obs_steps, config.horizon) != (info.n_obs_steps, info.horizon):
+    window = data.info.window
+    if (config.n_obs_steps, config.horizon) != (window.n_obs_steps, window.horizon):
         raise ValueError(
-            f"{data.root} holds windows of n_obs_steps={info.n_obs_steps}, "
-            f"horizon={info.horizon}, but the model is configured for "
+            f"{data.root} holds windows of n_obs_steps={window.n_obs_steps}, "
+            f"horizon={window.horizon}, but the model is configured for "
             f"n_obs_steps={config.n_obs_steps}, horizon={config.horizon}: preprocess with "
             "matching window sizes, or set ModelConfig(n_obs_steps=..., horizon=...) to the "
             "samples' values"

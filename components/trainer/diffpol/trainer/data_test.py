@@ -18,7 +18,7 @@ def samples(tmp_path):
 
 def test_synthetic_samples_follow_the_preprocess_contract(samples):
     data = open_training_data(samples)
-    assert (data.info.n_obs_steps, data.info.horizon) == (2, 3)
+    assert (data.info.window.n_obs_steps, data.info.window.horizon) == (2, 3)
     assert data.info.train.rows + data.info.val.rows == 300
     described = data.describe()
     assert described["fingerprint"] == data.fingerprint and described["env_id"] == "Pendulum-v1"

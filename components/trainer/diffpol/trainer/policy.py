@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffpol.contracts import PolicySpec, draw_sampler_noise
+from diffpol.contracts import EnvShape, PolicySpec, Window, draw_sampler_noise
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import Normalizer
 from diffpol.trainer.checkpoint import (
@@ -41,33 +41,28 @@ class TorchPolicy:
     """``act(obs [B, To, obs_dim], seed) -> [B, Ta, act_dim]`` in env units.
 
     Also carries what an ONNX export needs: ``loop`` (the ``DenoisingLoop``-like module),
-    ``normalizer``, ``spec``, ``horizon``, ``env_id``, ``action_low``/``action_high`` and a
-    ``model_version`` naming the weights.
+    ``normalizer``, the ``env`` shape, the time ``window`` and a ``model_version`` naming
+    the weights.
     """
 
     def __init__(
         self,
         loop: nn.Module,
         normalizer: Normalizer,
-        spec: PolicySpec,
-        horizon: int,
-        env_id: str,
-        action_low: tuple[float, ...],
-        action_high: tuple[float, ...],
+        env: EnvShape,
+        window: Window,
         config: Config,
         model_version: str,
     ) -> None:
         self.loop = loop.eval()
         self.normalizer = normalizer
-        self.spec = spec
-        self.horizon = horizon
-        self.env_id = env_id
-        self.action_low = tuple(action_low)
-        self.action_high = tuple(action_high)
+        self.env = env
+        self.window = window
+        self.spec = PolicySpec(env.obs_dim, env.act_dim, window.n_obs_steps, window.n_action_steps)
         self.config = config
         self.model_version = model_version
         self._bounds = _Bounds(
-            np.asarray(action_low, np.float32), np.asarray(action_high, np.float32)
+            np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
         )
         # What a NaN action becomes (as in the ONNX graph): the centre, within bounds.
         self._fallback = np.clip(
@@ -89,13 +84,10 @@ class TorchPolicy:
         return export_onnx(
             self.loop,
             self.normalizer,
-            self.action_low,
-            self.action_high,
-            self.spec,
-            self.horizon,
-            self.env_id,
-            self.model_version,
+            self.env,
+            self.window,
             path,
+            model_version=self.model_version,
         )
 
     def act(self, obs: np.ndarray, seed: int | None = None) -> np.ndarray:
@@ -108,7 +100,7 @@ class TorchPolicy:
             )
         batch = obs.shape[0]
         noise, step_noise = draw_sampler_noise(
-            seed, batch, self.horizon, self.spec.act_dim, int(self.loop.step_noise_steps)
+            seed, batch, self.window.horizon, self.env.act_dim, int(self.loop.step_noise_steps)
         )
         with torch.no_grad():
             args = [torch.from_numpy(self.normalizer.obs.normalize(obs)), torch.from_numpy(noise)]
@@ -152,20 +144,11 @@ def load_policy(
     model.eval()
     loop = model.sampling_loop(sampler=sampler, steps=steps, eta=eta)
     digest = hashlib.sha256((Path(checkpoint_dir) / POLICY_FILE).read_bytes()).hexdigest()
-    spec = PolicySpec(
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        n_obs_steps=config.model.n_obs_steps,
-        n_action_steps=config.model.n_action_steps,
-    )
     return TorchPolicy(
         loop=loop,
         normalizer=contents.normalizer,
-        spec=spec,
-        horizon=config.model.horizon,
-        env_id=str(data["env_id"]),
-        action_low=tuple(float(x) for x in data["action_low"]),
-        action_high=tuple(float(x) for x in data["action_high"]),
+        env=EnvShape.from_json(data),
+        window=Window(config.model.n_obs_steps, config.model.horizon, config.model.n_action_steps),
         config=config,
         model_version=f"{config.model.policy_type}-e{contents.meta.epochs_completed}-{digest[:12]}",
     )

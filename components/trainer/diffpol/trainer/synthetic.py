@@ -26,6 +26,7 @@ from diffpol.contracts.samples import (
     SplitInfo,
     sample_schema,
 )
+from diffpol.contracts.shapes import EnvShape, Window
 
 
 def write_samples(
@@ -92,13 +93,8 @@ def write_samples(
     normalizer.save(out / NORMALIZER_FILE)
     info = SamplesInfo(
         version=SAMPLES_VERSION,
-        env_id=env_id,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        n_obs_steps=to,
-        horizon=horizon,
-        action_low=tuple(map(float, low)),
-        action_high=tuple(map(float, high)),
+        env=EnvShape(env_id, obs_dim, act_dim, tuple(low), tuple(high)),
+        window=Window(to, horizon, 1),
         label="action",
         label_rows={"expert_action": 0, "action": n},
         normalizer={"obs": normalizer.obs.mode, "action": normalizer.action.mode},

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffpol.contracts import Window
 from diffpol.trainer import (
     Config,
     ModelConfig,
@@ -77,14 +78,14 @@ def test_checkpoint_holds_training_state_and_loads_without_unpickling(first_run)
 
 def test_loaded_policy_acts_in_bounds_and_reproducibly(first_run):
     policy = load_policy(first_run.checkpoint_dir, sampler="ddim", steps=5)
-    assert (policy.spec.n_obs_steps, policy.spec.n_action_steps, policy.horizon) == (2, 2, 4)
+    assert policy.window == Window(n_obs_steps=2, horizon=4, n_action_steps=2)
     obs = np.random.default_rng(0).standard_normal((7, 2, 3)).astype(np.float32)
     actions = policy.act(obs, seed=11)
     assert actions.shape == (7, 2, 1) and actions.dtype == np.float32
-    assert np.all(actions >= np.float32(policy.action_low[0]))
-    assert np.all(actions <= np.float32(policy.action_high[0]))
+    assert np.all(actions >= np.float32(policy.env.action_low[0]))
+    assert np.all(actions <= np.float32(policy.env.action_high[0]))
     np.testing.assert_array_equal(actions, policy.act(obs, seed=11))
-    assert policy.env_id == "Pendulum-v1" and policy.loop.steps == 5
+    assert policy.env.env_id == "Pendulum-v1" and policy.loop.steps == 5
 
 
 def test_running_the_same_command_again_returns_the_finished_run(first_run, samples_dir):

@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from diffpol.rollout import dynamics
-from diffpol.rollout.envs import (
+from diffpol.envs import dynamics
+from diffpol.envs.registry import (
     MAX_RESET_SEED,
     get_env_spec,
     initial_state,

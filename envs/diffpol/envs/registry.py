@@ -29,8 +29,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from diffpol.rollout import dynamics
-from diffpol.rollout.envpool_seeding import uniform_draws
+from diffpol.contracts import EnvShape
+from diffpol.envs import dynamics
+from diffpol.envs.envpool_seeding import uniform_draws
+from diffpol.envs.success import REACHED_GOAL, UPRIGHT_HOLD, SuccessRule
 
 AUTO = "auto"
 BACKENDS = ("numpy", "envpool", "gymnasium")
@@ -41,25 +43,43 @@ MAX_RESET_SEED = 2**31 - 2
 
 @dataclass(frozen=True)
 class EnvSpec:
-    env_id: str
-    obs_dim: int
-    act_dim: int
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
+    """What diffpol knows about an env: its spaces (``shape``, the contract every artifact
+    carries), its step limit, the backends that can step it and what success means."""
+
+    shape: EnvShape
     max_episode_steps: int
     # EnvPool has this id; whether its episodes are gymnasium's is a separate question.
     has_envpool: bool
     envpool_matches_gymnasium: bool
     # Backends this package can step for the env; ``auto`` picks the first.
     backends: tuple[str, ...]
-    # An episode is a success when its return is at least this.
-    success_threshold: float
-    success_definition: str
     state_dim: int
+    success: SuccessRule
 
     @property
     def default_backend(self) -> str:
         return self.backends[0]
+
+    # The shape's fields, read often enough to deserve the short names.
+    @property
+    def env_id(self) -> str:
+        return self.shape.env_id
+
+    @property
+    def obs_dim(self) -> int:
+        return self.shape.obs_dim
+
+    @property
+    def act_dim(self) -> int:
+        return self.shape.act_dim
+
+    @property
+    def action_low(self) -> tuple[float, ...]:
+        return self.shape.action_low
+
+    @property
+    def action_high(self) -> tuple[float, ...]:
+        return self.shape.action_high
 
 
 class StepResult(NamedTuple):
@@ -92,40 +112,24 @@ def _mountain_car_envpool_state(seed: int) -> np.ndarray:
 
 _SPECS = {
     "Pendulum-v1": EnvSpec(
-        env_id="Pendulum-v1",
-        obs_dim=3,
-        act_dim=1,
-        action_low=(-2.0,),
-        action_high=(2.0,),
+        shape=EnvShape("Pendulum-v1", obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,)),
         max_episode_steps=200,
         has_envpool=True,
         envpool_matches_gymnasium=False,
         backends=("numpy", "gymnasium", "envpool"),
-        success_threshold=-400.0,
-        success_definition=(
-            "return >= -400 over the 200 steps: swung up and held upright. Every episode of "
-            "the near-optimal DP expert scores above it (worst -359 on seeds 1000..2999; "
-            "70% score above -200 only because hanging-down starts cost -250..-360 even when "
-            "played perfectly); zero torque passes 0.4%, random actions 0%"
-        ),
         state_dim=2,
+        success=UPRIGHT_HOLD,
     ),
     "MountainCarContinuous-v0": EnvSpec(
-        env_id="MountainCarContinuous-v0",
-        obs_dim=2,
-        act_dim=1,
-        action_low=(-1.0,),
-        action_high=(1.0,),
+        shape=EnvShape(
+            "MountainCarContinuous-v0", obs_dim=2, act_dim=1, action_low=(-1.0,), action_high=(1.0,)
+        ),
         max_episode_steps=999,
         has_envpool=True,
         envpool_matches_gymnasium=True,
         backends=("envpool", "gymnasium"),
-        success_threshold=90.0,
-        success_definition=(
-            "return >= 90 (gymnasium's reward_threshold): reached the flag (+100) "
-            "spending little energy"
-        ),
         state_dim=2,
+        success=REACHED_GOAL,
     ),
 }
 
