@@ -49,11 +49,20 @@ def test_graph_matches_pytorch_pipeline_at_several_batch_sizes(models, kind):
     scale = np.asarray(normalizer.action.scale)
     rng = np.random.default_rng(42)
     for batch in (1, 7, 256):
-        obs = (rng.standard_normal((batch, m.window.n_obs_steps, m.env.obs_dim)) * 2).astype(np.float32)
+        obs = (rng.standard_normal((batch, m.window.n_obs_steps, m.env.obs_dim)) * 2).astype(
+            np.float32
+        )
         noise, step_noise = policy.draw_inputs(batch, seed=batch)
         actual = policy.run(obs, noise, step_noise)
         expected = _expected(
-            loop, normalizer, obs, noise, step_noise, m.window.n_action_steps, m.env.action_low, m.env.action_high
+            loop,
+            normalizer,
+            obs,
+            noise,
+            step_noise,
+            m.window.n_action_steps,
+            m.env.action_low,
+            m.env.action_high,
         )
         assert actual.shape == (batch, m.window.n_action_steps, m.env.act_dim)
         # Same tolerance export_onnx enforces (normalised action units); see DEFAULT_ATOL.
@@ -118,7 +127,9 @@ def test_actions_stay_within_bounds_for_any_finite_observation(models, magnitude
     m = policy.metadata
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    obs = (rng.standard_normal((5, m.window.n_obs_steps, m.env.obs_dim)) * 10.0**magnitude).astype(np.float32)
+    obs = (rng.standard_normal((5, m.window.n_obs_steps, m.env.obs_dim)) * 10.0**magnitude).astype(
+        np.float32
+    )
     obs = np.nan_to_num(obs, posinf=3e38, neginf=-3e38)
     action = policy.act(obs, seed=seed)
     assert np.all(action >= np.asarray(m.env.action_low)) and np.all(

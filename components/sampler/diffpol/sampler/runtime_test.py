@@ -45,7 +45,9 @@ def test_act_is_seeded_and_equals_run_with_the_shared_noise_stream(models, name)
     first = policy.act(obs, seed=123)
     assert first.shape == (5, 4, 2) and first.dtype == np.float32
     np.testing.assert_array_equal(policy.act(obs, seed=123), first)
-    noise, step_noise = draw_sampler_noise(123, 5, m.window.horizon, m.env.act_dim, m.step_noise_steps)
+    noise, step_noise = draw_sampler_noise(
+        123, 5, m.window.horizon, m.env.act_dim, m.step_noise_steps
+    )
     np.testing.assert_array_equal(policy.run(obs, noise, step_noise), first)
     assert not np.array_equal(policy.act(obs, seed=124), first)
     assert not np.array_equal(policy.act(obs), policy.act(obs))  # unseeded: fresh noise
