@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import pytest
 from cluster import ClusterConfig, LocalCluster
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--replicas",
+        type=int,
+        default=2,
+        help="load_test.py: sampler server processes to spread the load over (default 2)",
+    )
 from pipeline import PipelineRunner
 
 
