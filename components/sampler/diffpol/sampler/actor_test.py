@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from diffpol.sampler import OnnxPolicy, SamplerClient
 from diffpol.sampler.testing import reference_obs
@@ -222,8 +223,13 @@ def test_cli_serves_replicas_of_several_models_until_sigterm(ray_local, models, 
             url = f"http://127.0.0.1:{port}/metrics"
             with urllib.request.urlopen(url, timeout=5) as response:
                 text = response.read().decode()
-            found = re.search(r'requests_total\{method="Sample",code="OK"\} (\S+)', text)
-            served += float(found.group(1)) if found else 0
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "diffpol_sampler_requests_total" and sample.labels == {
+                        "method": "Sample",
+                        "code": "OK",
+                    }:
+                        served += sample.value
         assert served == 5
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

@@ -217,14 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 num_cpus=args.cpus_per_replica,
                 num_gpus=args.gpus_per_replica,
             )
-            scheme = "grpcs" if config.tls_cert else "grpc"
             target = balanced_target(replicas.addresses)
-            print(f"serving on {scheme}://{replicas.address}", flush=True)
-            print(f"balanced gRPC target (round_robin): {target}", flush=True)
-            for address, port in zip(replicas.addresses, replicas.metrics_ports, strict=True):
-                if port is not None:
-                    host = address.rpartition(":")[0]
-                    print(f"metrics of {address}: http://{host}:{port}/metrics", flush=True)
+            # Written before the address is printed: a script waiting for it finds the file.
             if args.addresses_file is not None:
                 atomic_write_json(
                     args.addresses_file,
@@ -235,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                         "metrics_ports": list(replicas.metrics_ports),
                     },
                 )
+            tls = " (TLS)" if config.tls_cert else ""
+            print(f"serving on grpc://{replicas.address}{tls}", flush=True)
+            print(f"balanced gRPC target (round_robin): {target}", flush=True)
+            for address, port in zip(replicas.addresses, replicas.metrics_ports, strict=True):
+                if port is not None:
+                    host = address.rpartition(":")[0]
+                    print(f"metrics of {address}: http://{host}:{port}/metrics", flush=True)
             while not stop.wait(0.5):
                 pass
             print("shutting down ...", flush=True)
