@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from cluster import ClusterConfig, LocalCluster
+from pipeline import PipelineRunner
 
 
 def pytest_addoption(parser):
@@ -14,7 +15,6 @@ def pytest_addoption(parser):
         default=2,
         help="load_test.py: sampler server processes to spread the load over (default 2)",
     )
-from pipeline import PipelineRunner
 
 
 @pytest.fixture(scope="module")

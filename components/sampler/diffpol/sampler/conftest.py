@@ -65,7 +65,7 @@ def tls_files(tmp_path_factory):
     from cryptography.x509.oid import NameOID
 
     root = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(common_name: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -98,8 +98,9 @@ def tls_files(tmp_path_factory):
 
     import ipaddress
 
-    ca_key, other_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1()
+    ca_key, other_ca_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
     )
     write("ca", certificate("diffpol test CA", ca_key, "diffpol test CA", ca_key, ca=True))
     write("other-ca", certificate("other CA", other_ca_key, "other CA", other_ca_key, ca=True))

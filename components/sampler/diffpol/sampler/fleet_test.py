@@ -105,11 +105,13 @@ def test_a_tls_server_accepts_tls_clients_and_rejects_plaintext(models, policy, 
             assert info.value.code == "UNAVAILABLE"
             assert not plaintext.health()
         # A CA that did not sign the server's certificate is not trusted.
-        with SamplerClient(
-            srv.address, timeout_s=1, retries=0, tls_ca=tls_files["other_ca_crt"]
-        ) as untrusting:
-            with pytest.raises(SamplerRpcError):
-                untrusting.sample(obs)
+        with (
+            SamplerClient(
+                srv.address, timeout_s=1, retries=0, tls_ca=tls_files["other_ca_crt"]
+            ) as untrusting,
+            pytest.raises(SamplerRpcError),
+        ):
+            untrusting.sample(obs)
 
 
 def test_mutual_tls_rejects_clients_without_a_certificate_of_its_ca(models, policy, tls_files):
@@ -160,7 +162,7 @@ def test_plaintext_on_a_non_loopback_address_is_refused(tls_files):
 
 def test_unreadable_tls_files_fail_with_their_path(models, tmp_path):
     missing = str(tmp_path / "missing.key")
-    with pytest.raises(OSError, match="TLS private key .*missing.key"):
+    with pytest.raises(OSError, match=r"TLS private key .*missing\.key"):
         serve(models["ddim"], tls_cert=missing, tls_key=missing)
 
 

@@ -43,8 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="interface to listen on; other than loopback needs --tls-cert/--tls-key or "
-        "--insecure",
+        help="interface to listen on; other than loopback needs --tls-cert/--tls-key or --insecure",
     )
     parser.add_argument(
         "--replicas", type=int, default=1, help="sampler actors serving the same models"
@@ -132,9 +131,7 @@ def _models(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, Pat
         named = _NAMED.fullmatch(value)
         name, path = (named.group(1), named.group(2)) if named else (DEFAULT_MODEL, value)
         if name in models:
-            parser.error(
-                f"--model: the name {name!r} is given twice; name each model (NAME=PATH)"
-            )
+            parser.error(f"--model: the name {name!r} is given twice; name each model (NAME=PATH)")
         models[name] = Path(path)
     return models
 

@@ -402,8 +402,7 @@ class SamplerServer:
                     self.reload(model=name)
                 except Exception as exc:  # keep serving the old model
                     log.error(
-                        "hot reload of model %r from %s failed, still serving the previous "
-                        "one: %s",
+                        "hot reload of model %r from %s failed, still serving the previous one: %s",
                         name,
                         loaded.path,
                         exc,
@@ -473,7 +472,9 @@ class SamplerServer:
         call with the status its problem maps to."""
         return await self._answer(payload, context, "Sample")
 
-    async def _answer(self, payload: bytes, context: grpc.aio.ServicerContext, method: str) -> bytes:
+    async def _answer(
+        self, payload: bytes, context: grpc.aio.ServicerContext, method: str
+    ) -> bytes:
         start = time.perf_counter()
         try:
             answer = await self._sample(payload, context)
