@@ -8,6 +8,15 @@ from cluster import ClusterConfig, LocalCluster
 from pipeline import PipelineRunner
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--replicas",
+        type=int,
+        default=2,
+        help="load_test.py: sampler server processes to spread the load over (default 2)",
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster(request):
     """One cluster per test module, its driver connected; a module may set

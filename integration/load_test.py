@@ -1,21 +1,27 @@
-"""Load on one sampler server over loopback: many concurrent clients, bounded in time.
+"""Load on sampler servers over loopback: many concurrent clients, bounded in time.
 
-The server runs in its own process with micro-batching on (concurrent requests fuse into
-one onnxruntime call); the clients are ``grpc.aio`` coroutines in this process, one
-channel (TCP connection) each. The model has a representative denoiser size (MLP
-3 x 256 Mish, DDIM 10 steps, Pendulum shapes), so the onnxruntime call is a
-real share of each request.
+Each server (replica) runs in its own process with micro-batching on (concurrent requests
+fuse into one onnxruntime call); the clients are ``grpc.aio`` coroutines in this process,
+one channel each. The model has a representative denoiser size (MLP 3 x 256 Mish, DDIM 10
+steps, Pendulum shapes), so the onnxruntime call is a real share of each request.
 
-Bounded form (CI): 1 client for 3 s, then 64 clients for 5 s; every answer is checked
-against the in-process policy, and concurrent requests must be fused. ``DIFFPOL_LONG=1``:
-10 s and 30 s, and the goal of a 64-client rate at least 5x the single client's is
-enforced (a throughput ratio on a shared machine swings with its load, so CI only prints it).
-Numbers go to stdout (run with ``-s``).
+``--replicas N`` (default 2; ``-- --replicas N`` under Pants) starts N servers. Phases: 1
+client for 3 s and 64 clients for 5 s on the first server alone, then, with N > 1, 64
+clients for 5 s whose channels spread calls over all N (gRPC ``round_robin`` over the
+balanced target, as ``SamplerClient`` does). Every answer is checked against the
+in-process policy, concurrent requests must be fused, and every replica must serve.
+``DIFFPOL_LONG=1``: 10 s and 30 s phases; the goal of a 64-client rate at least 5x the
+single client's is enforced, and, on a machine with at least 4 cores per replica, a rate
+over N replicas at least 1.2x one replica's (a throughput ratio on a shared machine swings
+with its load, so the bounded form only prints them; on the 2-core machine N processes
+share the same two cores, so only correctness is asserted). Numbers go to stdout (``-s``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -26,12 +32,14 @@ from long_form import LONG
 from sampler_process import SamplerProcess
 
 from diffpol.contracts import numpy_to_tensor
-from diffpol.sampler import OnnxPolicy
+from diffpol.sampler import OnnxPolicy, balanced_target
+from diffpol.sampler.client import ROUND_ROBIN
 from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
 
 CLIENTS = 64
 SINGLE_S, LOAD_S = (10.0, 30.0) if LONG else (3.0, 5.0)
 GOAL_RATIO = 5.0  # enforced by the long form only: the ratio depends on the machine's load
+GOAL_REPLICA_SCALING = 1.2  # long form, on >= 4 cores per replica
 CALL_TIMEOUT_S = 10.0
 SHAPE = dict(obs_dim=3, act_dim=1, n_obs_steps=2, horizon=16, n_action_steps=8)
 
@@ -69,9 +77,35 @@ def model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model):
-    with SamplerProcess(model, max_batch_wait_ms=2, max_batch_size=1024) as process:
-        yield process
+def servers(model, request):
+    replicas = request.config.getoption("--replicas")
+    if replicas < 1:
+        raise pytest.UsageError(f"--replicas must be >= 1, got {replicas}")
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(SamplerProcess(model, max_batch_wait_ms=2, max_batch_size=1024))
+            for _ in range(replicas)
+        ]
+
+
+class Totals:
+    """Counters and CPU time summed over the servers, between two points in time."""
+
+    def __init__(self, servers) -> None:
+        self.servers = servers
+        self.before = [(s.stats(), s.cpu_seconds()) for s in servers]
+
+    def finish(self) -> Totals:
+        after = [(s.stats(), s.cpu_seconds()) for s in self.servers]
+        self.per_server = [
+            {k: a[0][k] - b[0][k] for k in a[0] if k != "pid"}
+            for a, b in zip(after, self.before, strict=True)
+        ]
+        self.cpu_s = sum(a[1] - b[1] for a, b in zip(after, self.before, strict=True))
+        return self
+
+    def total(self, key: str) -> int:
+        return sum(d[key] for d in self.per_server)
 
 
 def _requests(model, clients: int):
@@ -86,8 +120,9 @@ def _requests(model, clients: int):
     return out
 
 
-async def _load(address: str, work, seconds: float) -> LoadResult:
-    channels = [grpc.aio.insecure_channel(address) for _ in work]
+async def _load(target: str, work, seconds: float) -> LoadResult:
+    options = [ROUND_ROBIN] if "," in target else []
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in work]
     stubs = [sampler_pb2_grpc.SamplerServiceStub(channel) for channel in channels]
     latencies: list[float] = []
     counts = {"errors": 0, "wrong": 0}
@@ -125,29 +160,50 @@ async def _load(address: str, work, seconds: float) -> LoadResult:
     )
 
 
-def test_many_concurrent_clients_are_fused_and_answered_correctly(server, model):
-    work = _requests(model, CLIENTS)
-    single = asyncio.run(_load(server.address, work[:1], SINGLE_S))
-    before, cpu_before = server.stats(), server.cpu_seconds()
-    client_cpu_before = time.process_time()  # this process: the 64 clients
-    loaded = asyncio.run(_load(server.address, work, LOAD_S))
+def _phase(servers, target: str, work, seconds: float):
+    totals = Totals(servers)
+    client_cpu_before = time.process_time()  # this process: the clients
+    result = asyncio.run(_load(target, work, seconds))
     client_cpu = time.process_time() - client_cpu_before
-    after, cpu_after = server.stats(), server.cpu_seconds()
-    server_ms = 1e3 * (cpu_after - cpu_before) / max(after["requests"] - before["requests"], 1)
-    calls = after["batch_calls"] - before["batch_calls"]
-    rows_per_call = (after["batch_rows"] - before["batch_rows"]) / max(calls, 1)
-    ratio = loaded.rate / single.rate
+    totals.finish()
+    server_ms = 1e3 * totals.cpu_s / max(totals.total("requests"), 1)
+    rows_per_call = totals.total("batch_rows") / max(totals.total("batch_calls"), 1)
     print(
-        f"\n{single.line()}\n{loaded.line()}\n"
-        f"ratio {ratio:.2f}x (goal {GOAL_RATIO:g}x); {rows_per_call:.1f} rows per fused "
-        f"onnxruntime call; server CPU {server_ms:.2f} ms per request under load "
-        f"({(cpu_after - cpu_before) / loaded.seconds:.2f} cores); clients' CPU "
-        f"{1e3 * client_cpu / max(loaded.requests, 1):.2f} ms per request "
-        f"({client_cpu / loaded.seconds:.2f} cores); server RSS {server.rss_bytes() / 2**20:.0f} MB"
+        f"{result.line()}\n    {len(servers)} server(s): {rows_per_call:.1f} rows per fused "
+        f"onnxruntime call; server CPU {server_ms:.2f} ms per request "
+        f"({totals.cpu_s / result.seconds:.2f} cores); clients' CPU "
+        f"{1e3 * client_cpu / max(result.requests, 1):.2f} ms per request "
+        f"({client_cpu / result.seconds:.2f} cores); requests per server "
+        f"{[d['requests'] for d in totals.per_server]}"
     )
-    for result in (single, loaded):
-        assert result.errors == 0 and result.wrong == 0, result.line()
-    assert after["errors"] == before["errors"] and after["expired"] == before["expired"]
-    assert rows_per_call > 1.5, "concurrent requests must be fused into shared calls"
+    assert result.errors == 0 and result.wrong == 0, result.line()
+    assert totals.total("errors") == 0 and totals.total("expired") == 0
+    if len(work) > 1:
+        assert rows_per_call > 1.5, "concurrent requests must be fused into shared calls"
+    return result, totals
+
+
+def test_many_concurrent_clients_are_fused_and_answered_correctly(servers, model):
+    work = _requests(model, CLIENTS)
+    first = servers[0]
+    print(f"\n{len(servers)} replica(s), {os.cpu_count()} cores")
+    single, _ = _phase([first], first.address, work[:1], SINGLE_S)
+    loaded, _ = _phase([first], first.address, work, LOAD_S)
+    ratio = loaded.rate / single.rate
+    print(f"one server: 64-client rate {ratio:.2f}x the single client's (goal {GOAL_RATIO:g}x)")
+    for server in servers:
+        assert server.rss_bytes() > 0 and server.alive()
+    if len(servers) > 1:
+        target = balanced_target([s.address for s in servers])
+        spread, totals = _phase(servers, target, work, LOAD_S)
+        scaling = spread.rate / loaded.rate
+        print(
+            f"{len(servers)} replicas: 64-client rate {scaling:.2f}x one replica's "
+            f"(goal {GOAL_REPLICA_SCALING:g}x on >= 4 cores per replica)"
+        )
+        served = [d["requests"] for d in totals.per_server]
+        assert min(served) > 0, f"every replica must serve: {served}"
+        if LONG and (os.cpu_count() or 1) >= 4 * len(servers):
+            assert scaling >= GOAL_REPLICA_SCALING, f"{len(servers)} replicas: {scaling:.2f}x"
     if LONG:
         assert ratio >= GOAL_RATIO, f"{CLIENTS} clients get {ratio:.2f}x the single-client rate"

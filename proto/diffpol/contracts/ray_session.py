@@ -24,6 +24,16 @@
 - A local Ray has no node that a cloud provider can preempt, so Ray Train's preemption
   watcher (an actor process per run) is turned off there; on a cluster (``address``) it
   stays on. Every process counts on a laptop: a Ray Train run starts ~5 of them.
+- A local Ray listens on loopback only. Ray 2.60 binds its servers (GCS, raylet, object
+  manager, workers' gRPC servers, its agents) to the node IP, and to all interfaces
+  unless that IP is a loopback one; on Linux the node IP is the machine's address, and
+  ``ray.init(_node_ip_address="127.0.0.1")`` is rewritten to it (``resolve_ip_for_localhost``).
+  Ray keeps a local node on loopback where clusters are off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+  the default on macOS and Windows), a switch Ray reads once, at ``import ray``: so for a
+  local start this module sets that variable (which Ray's own processes inherit) and Ray's
+  copy of it for the session's duration (``local_only``). Token authentication (Ray's
+  default for new local clusters) stays on, the dashboard off. ``ray_session_test.py``
+  checks with a socket listing that no Ray process listens beyond loopback.
 - Values the user set in the environment win over all of the above.
 - Ray's own console output (driver loggers, Ray Data's progress, worker output streamed
   to the driver) goes to ``log_file`` when one is given (``ray_logs``).
@@ -46,6 +56,8 @@ _QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_c
 TRAIN_POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = 0.2
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Ray's switch for multi-node clusters (off: the node IP is loopback); see local_only.
+RAY_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +108,26 @@ def runtime_env(*, local: bool) -> dict:
 
 
 @contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """While it lasts, a Ray started in this process uses 127.0.0.1 as its node IP, so its
+    servers listen on loopback only; unless the user set ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``.
+    """
+    if RAY_CLUSTERS_ENV in os.environ:
+        yield
+        return
+    from ray._private import ray_constants  # Ray's copy of the switch, read at import
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTERS_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+        os.environ.pop(RAY_CLUSTERS_ENV, None)
+
+
+@contextlib.contextmanager
 def _connected(config: RaySessionConfig) -> Iterator[bool]:
     import ray
 
@@ -103,18 +135,19 @@ def _connected(config: RaySessionConfig) -> Iterator[bool]:
         yield False
         return
     local = config.address is None
-    ray.init(
-        address=config.address,
-        num_cpus=config.num_cpus if local else None,
-        include_dashboard=False if local else None,
-        runtime_env=runtime_env(local=local),
-        logging_level=logging.WARNING,
-        log_to_driver=config.log_to_driver,
-    )
-    try:
-        yield True
-    finally:
-        ray.shutdown()
+    with local_only() if local else contextlib.nullcontext():
+        ray.init(
+            address=config.address,
+            num_cpus=config.num_cpus if local else None,
+            include_dashboard=False if local else None,
+            runtime_env=runtime_env(local=local),
+            logging_level=logging.WARNING,
+            log_to_driver=config.log_to_driver,
+        )
+        try:
+            yield True
+        finally:
+            ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -3,9 +3,13 @@ leaves behind, where Ray's own output goes."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -13,6 +17,7 @@ import ray.data
 
 from diffpol.contracts.ray_session import (
     PREEMPTION_WATCHER_ENV,
+    RAY_CLUSTERS_ENV,
     TRAIN_POLL_INTERVAL_ENV,
     TRAIN_POLL_INTERVAL_S,
     RaySessionConfig,
@@ -103,3 +108,92 @@ def test_bad_settings_are_refused():
         RaySessionConfig(num_cpus=0)
     with pytest.raises(ValueError, match="address"):
         RaySessionConfig(address="")
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def _listening() -> dict[int, tuple[str, str, int]]:
+    """Socket inode -> (protocol, local IP, port) of every TCP socket listening and every
+    unconnected UDP socket on the machine, from /proc/net (what ``ss -ltun`` lists)."""
+    sockets = {}
+    for proto, state in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+        for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != state:
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            if len(raw) == 4:
+                ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:  # four host-order 32-bit words
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                ip = socket.inet_ntop(socket.AF_INET6, words)
+            sockets[int(fields[9])] = (proto, ip, int(port, 16))
+    return sockets
+
+
+def _listeners_of(pids: set[int]) -> list[tuple[int, str, str, int]]:
+    listening = _listening()
+    found = []
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[len("socket:[") : -1])
+                if inode in listening:
+                    found.append((pid, *listening[inode]))
+    return found
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_local_ray_listens_on_loopback_only(monkeypatch):
+    monkeypatch.delenv(RAY_CLUSTERS_ENV, raising=False)
+    with ray_session(num_cpus=1):
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        ray.get(_worker_env.remote([]))  # a worker process is up, with its gRPC server
+        listeners = _listeners_of(_descendants(os.getpid()))
+        assert ray._private.ray_constants.ENABLE_RAY_CLUSTER is False
+    assert ray._private.ray_constants.ENABLE_RAY_CLUSTER is True  # restored
+    assert RAY_CLUSTERS_ENV not in os.environ
+    # GCS, raylet (node manager, object manager), the driver's and a worker's gRPC servers.
+    assert len({pid for pid, *_ in listeners}) >= 4, listeners
+    exposed = [entry for entry in listeners if not _is_loopback(entry[2])]
+    assert exposed == [], f"Ray listens beyond loopback: {exposed}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_users_cluster_setting_wins(monkeypatch):
+    monkeypatch.setenv(RAY_CLUSTERS_ENV, "1")
+    with ray_session(num_cpus=1):
+        ip = ray.util.get_node_ip_address()
+        assert ray._private.ray_constants.ENABLE_RAY_CLUSTER is True
+    # Ray's own choice: the address it reaches the network from.
+    assert ip == ray._private.services.node_ip_address_from_perspective()

@@ -13,8 +13,13 @@ from diffpol.sampler.errors import ArtifactError, ExportValidationError, Sampler
 from diffpol.sampler.runtime import DEFAULT_MAX_BATCH_SIZE, OnnxPolicy
 
 if TYPE_CHECKING:
-    from diffpol.sampler.actor import SamplerActor, start_sampler_actor
-    from diffpol.sampler.client import SamplerClient, SampleStream
+    from diffpol.sampler.actor import (
+        SamplerActor,
+        SamplerReplicas,
+        start_sampler_actor,
+        start_sampler_replicas,
+    )
+    from diffpol.sampler.client import SamplerClient, SampleStream, balanced_target
     from diffpol.sampler.export import export_onnx
     from diffpol.sampler.server import SamplerServer, ServerConfig, serve
 
@@ -27,8 +32,11 @@ _LAZY = {
     "serve": "diffpol.sampler.server",
     "SamplerClient": "diffpol.sampler.client",
     "SampleStream": "diffpol.sampler.client",
+    "balanced_target": "diffpol.sampler.client",
     "SamplerActor": "diffpol.sampler.actor",
+    "SamplerReplicas": "diffpol.sampler.actor",
     "start_sampler_actor": "diffpol.sampler.actor",
+    "start_sampler_replicas": "diffpol.sampler.actor",
 }
 
 __all__ = [
@@ -41,12 +49,15 @@ __all__ = [
     "SamplerActor",
     "SamplerClient",
     "SamplerInputError",
+    "SamplerReplicas",
     "SamplerServer",
     "ServerConfig",
     "__version__",
+    "balanced_target",
     "export_onnx",
     "serve",
     "start_sampler_actor",
+    "start_sampler_replicas",
 ]
 
 

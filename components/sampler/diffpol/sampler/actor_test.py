@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from diffpol.sampler import OnnxPolicy, SamplerClient
 from diffpol.sampler.testing import reference_obs
@@ -76,9 +80,85 @@ def test_ray_restarts_a_killed_actor_and_the_client_recovers(ray_local, sampler_
     print(f"client recovered {recovered_s:.2f} s after the kill")
 
 
-# The CLI (main.py) starts the same actor; it joins this module's Ray to share its start-up.
-def test_cli_serves_until_sigterm(ray_local, models):
+def test_replicas_share_the_load_and_a_killed_one_loses_no_request(ray_local, models):
+    """Two replicas behind the client's round_robin: both answer; one is killed mid-load
+    and Ray restarts it; every call (retried on UNAVAILABLE with the same seed) gets the
+    right answer, and the restarted replica serves again on its address."""
+    from diffpol.sampler.actor import start_sampler_replicas
+    from diffpol.sampler.server import ServerConfig
+
+    policy = OnnxPolicy(models["ddim"])
+    replicas = start_sampler_replicas(
+        models["ddim"], ServerConfig(), replicas=2, num_cpus=0.25, max_restarts=2
+    )
+    try:
+        assert len(set(replicas.addresses)) == 2
+        pids = ray_local.get([a.stats.remote() for a in replicas.actors])
+        pids = [stats["pid"] for stats in pids]
+        work = [(reference_obs(1, seed), seed) for seed in range(4)]
+        expected = [policy.act(obs, seed=seed) for obs, seed in work]
+        done = threading.Event()
+        results = {"ok": 0, "wrong": 0, "errors": []}
+
+        def load(client: SamplerClient, i: int) -> None:
+            obs, seed = work[i]
+            while not done.is_set():
+                try:
+                    action = client.sample(obs, seed=seed)
+                except Exception as exc:  # recorded, asserted below
+                    results["errors"].append(repr(exc))
+                    continue
+                if np.array_equal(action, expected[i]):
+                    results["ok"] += 1
+                else:
+                    results["wrong"] += 1
+
+        with SamplerClient(
+            replicas.address, timeout_s=2, retries=40, backoff_s=0.02, max_backoff_s=0.2
+        ) as client:
+            threads = [threading.Thread(target=load, args=(client, i)) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            try:
+                time.sleep(1.0)
+                before = ray_local.get([a.stats.remote() for a in replicas.actors])
+                assert all(stats["requests"] > 0 for stats in before), before
+                ray_local.kill(replicas.actors[0], no_restart=False)
+                killed = time.monotonic()
+                while _alive(pids[0]):
+                    assert time.monotonic() - killed < 30, "the killed replica did not exit"
+                    time.sleep(0.01)
+                # Load goes on until Ray has restarted the replica (a new process).
+                restarted = None
+                while restarted is None:
+                    assert time.monotonic() - killed < 90, "Ray did not restart the replica"
+                    try:
+                        stats = ray_local.get(replicas.actors[0].stats.remote(), timeout=5)
+                        restarted = stats if stats["pid"] != pids[0] else None
+                    except ray_local.exceptions.GetTimeoutError:
+                        pass
+                    time.sleep(0.1)
+                time.sleep(0.5)
+            finally:
+                done.set()
+                for thread in threads:
+                    thread.join(timeout=30)
+        assert results["errors"] == [] and results["wrong"] == 0, results
+        assert results["ok"] > 50, results
+        # The restarted replica serves on the address it had.
+        assert ray_local.get(replicas.actors[0].address.remote()) == replicas.addresses[0]
+        with SamplerClient(replicas.addresses[0], timeout_s=5, retries=20) as alone:
+            np.testing.assert_array_equal(alone.sample(*work[0]), expected[0])
+        print(f"{results['ok']} answers, none lost, across the kill and restart")
+    finally:
+        for actor in replicas.actors:
+            ray_local.kill(actor, no_restart=True)
+
+
+# The CLI (main.py) starts the same actors; it joins this module's Ray to share its start-up.
+def test_cli_serves_replicas_of_several_models_until_sigterm(ray_local, models, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
+    addresses_file = tmp_path / "sampler.json"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -86,8 +166,18 @@ def test_cli_serves_until_sigterm(ray_local, models):
             "diffpol.sampler.main",
             "--model",
             str(models["ddim"]),
+            "--model",
+            f"v2={models['ddim_v2']}",
             "--port",
             "0",
+            "--replicas",
+            "2",
+            "--cpus-per-replica",
+            "0.25",
+            "--metrics-port",
+            "0",
+            "--addresses-file",
+            str(addresses_file),
             "--address",
             address,
             "--max-batch-wait-ms",
@@ -101,20 +191,46 @@ def test_cli_serves_until_sigterm(ray_local, models):
     try:
         lines = []
         deadline = time.monotonic() + 90
-        grpc_address = None
-        while grpc_address is None and time.monotonic() < deadline:
+        grpc_address = target = None
+        while target is None and time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
             lines.append(line)
             found = re.search(r"serving on grpc://(\S+)", line)
-            grpc_address = found and found.group(1)
-        assert grpc_address, "".join(lines)
+            grpc_address = grpc_address or (found and found.group(1))
+            found = re.search(r"balanced gRPC target \(round_robin\): (\S+)", line)
+            target = found and found.group(1)
+        assert grpc_address and target, "".join(lines)
+        written = json.loads(addresses_file.read_text())
+        assert ",".join(written["addresses"]) == grpc_address and written["target"] == target
+        assert len(written["addresses"]) == 2 and not written["tls"]
         obs = np.zeros((1, 2, 3), np.float32)
-        with SamplerClient(grpc_address, timeout_s=5) as client:
+        with (
+            SamplerClient(grpc_address, timeout_s=5) as client,
+            SamplerClient(grpc_address, timeout_s=5, model="v2") as v2,
+        ):
+            for _ in range(4):
+                np.testing.assert_array_equal(
+                    client.sample(obs, seed=4), OnnxPolicy(models["ddim"]).act(obs, seed=4)
+                )
             np.testing.assert_array_equal(
-                client.sample(obs, seed=4), OnnxPolicy(models["ddim"]).act(obs, seed=4)
+                v2.sample(obs, seed=4), OnnxPolicy(models["ddim_v2"]).act(obs, seed=4)
             )
+            assert list(client.model_info().models) == ["default", "v2"]
+        served = 0
+        for port in written["metrics_ports"]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "diffpol_sampler_requests_total" and sample.labels == {
+                        "method": "Sample",
+                        "code": "OK",
+                    }:
+                        served += sample.value
+        assert served == 5
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
         assert process.returncode == 0, "".join(lines) + output

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -58,10 +59,13 @@ class BatchStats:
 class MicroBatcher:
     """Create and use on the event loop's thread only (not thread-safe, needs no locks)."""
 
-    def __init__(self, max_rows: int, max_wait_s: float) -> None:
+    def __init__(
+        self, max_rows: int, max_wait_s: float, on_call: Callable[[int], None] | None = None
+    ) -> None:
         if max_rows < 1 or max_wait_s <= 0:
             raise ValueError("MicroBatcher needs max_rows >= 1 and max_wait_s > 0")
         self.max_rows, self.max_wait_s = max_rows, max_wait_s
+        self._on_call = on_call  # told the rows of each successful onnxruntime call
         self.stats = BatchStats()
         self._loop = asyncio.get_running_loop()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="sampler-batch")
@@ -161,6 +165,8 @@ class MicroBatcher:
                     job.answer.set_exception(exc)
             return
         self.stats.calls += 1
+        if self._on_call is not None:
+            self._on_call(len(obs))
         start = 0
         for job in jobs:
             end = start + job.rows

@@ -10,7 +10,9 @@ __all__ = ["ArtifactError", "ExportValidationError", "SamplerInputError", "Sampl
 
 # gRPC status names (grpc.StatusCode members) a bad request maps to; kept as strings so
 # the runtime does not import grpc.
-InputErrorCode = Literal["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"]
+InputErrorCode = Literal[
+    "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"
+]
 
 
 class SamplerInputError(ContractError):

@@ -1,10 +1,15 @@
 """The v1 ``SamplerService`` over gRPC, usable on its own (tests) or inside the Ray actor.
 
-Besides the sampler it serves standard gRPC health checking and server reflection.
-Requests are validated against the model they will run on; bad ones are answered with a
-status and a message a user can act on, and the server keeps serving:
+One server holds one or more named models (the first is the default, answering requests
+that name none), each hot-reloadable on its own. Besides the sampler it serves standard
+gRPC health checking and server reflection, and optionally Prometheus metrics over HTTP
+(``metrics.py``). Traffic is TLS (optionally mutual) when a certificate is configured;
+plaintext is refused on any address but loopback unless ``insecure`` says the network is
+trusted. Requests are validated against the model they will run on; bad ones are
+answered with a status and a message a user can act on, and the server keeps serving:
 
 - INVALID_ARGUMENT: wrong shape or dims, NaN/Inf, empty batch, malformed tensor;
+- NOT_FOUND: the request names a model the server has not loaded;
 - RESOURCE_EXHAUSTED: more rows than ``max_batch_size`` (or a message over the size limit);
 - FAILED_PRECONDITION: the request pins a ``model_version`` other than the loaded one;
 - DEADLINE_EXCEEDED: the deadline passed while the request waited; it was not run.
@@ -26,10 +31,13 @@ switches per request (README, "Speed"). The public methods (``start``, ``stop``,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import re
 import threading
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +52,7 @@ from diffpol.contracts.tensor import encode_bytes_field, encode_tensor
 from diffpol.sampler import __version__ as SERVER_VERSION
 from diffpol.sampler.batching import DeadlineExpired, MicroBatcher
 from diffpol.sampler.errors import SamplerInputError
+from diffpol.sampler.metrics import SamplerMetrics
 from diffpol.sampler.runtime import OnnxPolicy
 from diffpol.v1 import sampler_pb2
 
@@ -54,6 +63,33 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MIN_MESSAGE_BYTES = 4 * 1024 * 1024
 M = TypeVar("M", sampler_pb2.SampleRequest, sampler_pb2.GetModelInfoRequest)
 T = TypeVar("T")
+DEFAULT_MODEL = "default"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): reachable from this
+    machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def model_paths(models: str | os.PathLike | Mapping[str, str | os.PathLike]) -> dict[str, Path]:
+    """``{name: resolved path}`` from one path (named ``default``) or a mapping; checks the
+    names (letters, digits, ``._-``), not the files."""
+    if isinstance(models, (str, os.PathLike)):
+        models = {DEFAULT_MODEL: models}
+    if not models:
+        raise ValueError("no model given: pass a path or a {name: path} mapping")
+    bad = [name for name in models if not _MODEL_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(
+            f"model names {bad} are not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return {name: Path(path).resolve() for name, path in models.items()}
 
 
 @dataclass(frozen=True)
@@ -69,12 +105,35 @@ class ServerConfig:
     max_message_bytes: int | None = None
     intra_op_threads: int = 1
     providers: tuple[str, ...] | None = None
-    # Poll the model file and hot-reload it when it changes; None: no watching.
+    # Poll the model files and hot-reload one when it changes; None: no watching.
     watch_interval_s: float | None = None
     shutdown_grace_s: float = 5.0
+    # TLS: PEM certificate chain and private key of the server; with tls_client_ca, clients
+    # must present a certificate signed by that CA (mutual TLS). Paths on the serving node.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Allow plaintext on an address other than loopback (a network the operator trusts).
+    insecure: bool = False
+    # Serve Prometheus metrics over HTTP on host:metrics_port (0: a free port); None: off.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            problems.append("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.tls_cert is None and not self.insecure and not is_loopback(self.host):
+            problems.append(
+                f"refusing to serve plaintext gRPC on {self.host!r}, which is not a loopback "
+                "address: observations and actions would cross the network unencrypted and "
+                "any host that reaches the port could drive the policy. Give a certificate "
+                "(tls_cert/tls_key, --tls-cert/--tls-key), or set insecure (--insecure) if "
+                "the network is trusted"
+            )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port}")
         if self.max_batch_size < 1:
@@ -98,12 +157,22 @@ def format_address(host: str, port: int) -> str:
 
 
 class SamplerServer:
-    """A gRPC server for one model file; ``start()`` binds, ``reload()`` swaps the model."""
+    """A gRPC server for one or more model files (``{name: path}``; a single path is
+    served as ``default``); ``start()`` binds, ``reload()`` swaps a model."""
 
-    def __init__(self, model_path: str | Path, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        models: str | os.PathLike | Mapping[str, str | os.PathLike],
+        config: ServerConfig | None = None,
+    ) -> None:
         self.config = config = config or ServerConfig()
-        self._model_path = Path(model_path).resolve()
-        self._loaded = self._load(self._model_path)
+        paths = model_paths(models)
+        self._names = tuple(paths)
+        self._default = self._names[0]
+        self._metrics = SamplerMetrics()
+        # Replaced as a whole on reload, so the loop reads a consistent snapshot without a lock.
+        self._models = {name: self._load(name, path) for name, path in paths.items()}
+        self._metrics.set_models((n, m.model.model_version) for n, m in self._models.items())
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
         self._terminated = threading.Event()
@@ -128,8 +197,14 @@ class SamplerServer:
         """Create the grpc.aio server on the loop (it binds to the running loop); its port."""
         config = self.config
         if config.max_batch_wait_ms > 0:
-            self._batcher = MicroBatcher(config.max_batch_size, config.max_batch_wait_ms / 1000)
-        message_bytes = config.max_message_bytes or self._message_bytes_for(self.model)
+            self._batcher = MicroBatcher(
+                config.max_batch_size,
+                config.max_batch_wait_ms / 1000,
+                on_call=self._metrics.observe_batch,
+            )
+        message_bytes = config.max_message_bytes or max(
+            self._message_bytes_for(loaded.model) for loaded in self._models.values()
+        )
         options = [
             ("grpc.max_receive_message_length", message_bytes),
             ("grpc.max_send_message_length", message_bytes),
@@ -154,8 +229,11 @@ class SamplerServer:
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         address = format_address(config.host, config.port)
+        credentials = _server_credentials(config)
         try:
-            return self._server.add_insecure_port(address)
+            if credentials is None:
+                return self._server.add_insecure_port(address)
+            return self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc} (port in use?)") from exc
 
@@ -174,18 +252,34 @@ class SamplerServer:
     def address(self) -> str:
         return format_address(self.host, self.port)
 
+    @property
+    def tls(self) -> bool:
+        return self.config.tls_cert is not None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where ``/metrics`` is served once started (None: metrics are not served)."""
+        return self._metrics.port
+
     def start(self) -> SamplerServer:
         """Start serving (idempotent, so ``with serve(...) as server`` works too)."""
         if self._started:
             return self
         self._started = True
+        if self.config.metrics_port is not None:
+            self._metrics.start_http(self.config.host, self.config.metrics_port)
         self._on_loop(self._start())
         if self.config.watch_interval_s:
             self._watcher = threading.Thread(
                 target=self._watch, name="sampler-model-watch", daemon=True
             )
             self._watcher.start()
-        log.info("sampler serving %s at %s", self.model, self.address)
+        log.info(
+            "sampler serving %s at %s (%s)",
+            ", ".join(f"{n}={m.model}" for n, m in self._models.items()),
+            self.address,
+            "TLS" if self.tls else "plaintext",
+        )
         return self
 
     async def _start(self) -> None:
@@ -203,6 +297,7 @@ class SamplerServer:
         self._close_loop()
         if self._batcher is not None:
             self._batcher.close()
+        self._metrics.stop_http()
         self._terminated.set()
 
     async def _stop(self, grace_s: float) -> None:
@@ -219,17 +314,38 @@ class SamplerServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- model ---------------------------------------------------------------------------
+    # -- models --------------------------------------------------------------------------
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The names of the loaded models, the default first."""
+        return self._names
+
+    @property
+    def models(self) -> dict[str, OnnxPolicy]:
+        return {name: loaded.model for name, loaded in self._models.items()}
 
     @property
     def model(self) -> OnnxPolicy:
-        return self._loaded.model
+        """The default model."""
+        return self._models[self._default].model
 
     @property
     def model_path(self) -> Path:
-        return self._model_path
+        """The default model's file."""
+        return self._models[self._default].path
 
-    def _load(self, path: Path) -> _Loaded:
+    def _loaded(self, name: str) -> _Loaded:
+        loaded = self._models.get(name or self._default)
+        if loaded is None:
+            raise SamplerInputError(
+                f"this server has no model named {name!r}; it serves {list(self._names)} "
+                f"(an empty name means the default, {self._default!r})",
+                code="NOT_FOUND",
+            )
+        return loaded
+
+    def _load(self, name: str, path: Path) -> _Loaded:
         providers = list(self.config.providers) if self.config.providers else None
         model = OnnxPolicy(
             path,
@@ -237,54 +353,65 @@ class SamplerServer:
             intra_op_threads=self.config.intra_op_threads,
             max_batch_size=self.config.max_batch_size,
         )
-        info = self._model_info(model).SerializeToString()
-        return _Loaded(model, encode_bytes_field(2, model.model_version.encode()), info)
+        info = self._model_info(name, model).SerializeToString()
+        return _Loaded(name, path, model, encode_bytes_field(2, model.model_version.encode()), info)
 
-    def reload(self, path: str | Path | None = None) -> OnnxPolicy:
-        """Load ``path`` (default: the current file again) and serve it from now on.
+    def reload(self, path: str | Path | None = None, model: str = "") -> OnnxPolicy:
+        """Load ``path`` (default: the model's current file again) as the model named
+        ``model`` (default: the default model) and serve it from now on.
 
         The new file is fully validated first; if it is not a valid artifact this raises
         and the old model keeps serving. Requests already admitted finish on the model
         they were validated against, so none fails because of the swap.
         """
         with self._reload_lock:
-            target = Path(path).resolve() if path is not None else self._model_path
             try:
-                loaded = self._load(target)
+                current = self._loaded(model)
+            except SamplerInputError as exc:
+                raise KeyError(str(exc)) from None
+            name = current.name
+            target = Path(path).resolve() if path is not None else current.path
+            try:
+                loaded = self._load(name, target)
             except Exception:
                 self._counts["failed_reloads"] += 1
+                self._metrics.reloaded(name, ok=False)
                 raise
-            model, previous = loaded.model, self.model
-            self._loaded, self._model_path = loaded, target
+            self._models = {**self._models, name: loaded}
             self._counts["reloads"] += 1
+            self._metrics.reloaded(name, ok=True)
+            self._metrics.set_models((n, m.model.model_version) for n, m in self._models.items())
         log.info(
-            "sampler reloaded %s (model_version %r -> %r)",
+            "sampler reloaded model %r from %s (model_version %r -> %r)",
+            name,
             target,
-            previous.model_version,
-            model.model_version,
+            current.model.model_version,
+            loaded.model.model_version,
         )
-        return model
+        return loaded.model
 
     def _watch(self) -> None:
-        last = _file_signature(self._model_path)
+        last = {name: _file_signature(m.path) for name, m in self._models.items()}
         while not self._stopped.wait(self.config.watch_interval_s):
-            current = _file_signature(self._model_path)
-            if current is None or current == last:
-                continue
-            last = current
-            try:
-                self.reload()
-            except Exception as exc:  # keep serving the old model
-                log.error(
-                    "hot reload of %s failed, still serving the previous model: %s",
-                    self._model_path,
-                    exc,
-                )
+            for name, loaded in self._models.items():
+                current = _file_signature(loaded.path)
+                if current is None or current == last[name]:
+                    continue
+                last[name] = current
+                try:
+                    self.reload(model=name)
+                except Exception as exc:  # keep serving the old model
+                    log.error(
+                        "hot reload of model %r from %s failed, still serving the previous one: %s",
+                        name,
+                        loaded.path,
+                        exc,
+                    )
 
-    def model_info(self) -> sampler_pb2.ModelInfo:
-        return self._model_info(self.model)
+    def model_info(self, model: str = "") -> sampler_pb2.ModelInfo:
+        return sampler_pb2.ModelInfo.FromString(self._loaded(model).model_info)
 
-    def _model_info(self, model: OnnxPolicy) -> sampler_pb2.ModelInfo:
+    def _model_info(self, name: str, model: OnnxPolicy) -> sampler_pb2.ModelInfo:
         m = model.metadata
         return sampler_pb2.ModelInfo(
             env_id=m.env.env_id,
@@ -301,6 +428,8 @@ class SamplerServer:
             max_batch_size=self.config.max_batch_size,
             action_low=m.env.action_low,
             action_high=m.env.action_high,
+            model=name,
+            models=self._names,
         )
 
     def stats(self) -> dict[str, int]:
@@ -325,22 +454,33 @@ class SamplerServer:
     ):
         # One response per request, in order; a bad request ends the stream with its status.
         async for payload in payloads:
-            yield await self.handle(payload, context)
+            yield await self._answer(payload, context, "SampleStream")
 
     async def _get_model_info(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        start = time.perf_counter()
         try:
-            _decode(sampler_pb2.GetModelInfoRequest, payload)
+            request = _decode(sampler_pb2.GetModelInfoRequest, payload)
+            answer = self._loaded(request.model).model_info
         except SamplerInputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return self._loaded.model_info
+            self._metrics.observe("GetModelInfo", exc.code, time.perf_counter() - start)
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
+        self._metrics.observe("GetModelInfo", "OK", time.perf_counter() - start)
+        return answer
 
     async def handle(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Answer one serialized SampleRequest with a serialized SampleResponse, or end the
         call with the status its problem maps to."""
+        return await self._answer(payload, context, "Sample")
+
+    async def _answer(
+        self, payload: bytes, context: grpc.aio.ServicerContext, method: str
+    ) -> bytes:
+        start = time.perf_counter()
         try:
-            return await self._sample(payload, context)
+            answer = await self._sample(payload, context)
         except asyncio.CancelledError:  # gRPC ended the call (deadline, client gone)
             self._counts["expired"] += 1
+            self._metrics.observe(method, "CANCELLED", time.perf_counter() - start)
             raise
         except DeadlineExpired:
             self._counts["expired"] += 1
@@ -353,18 +493,23 @@ class SamplerServer:
             self._counts["errors"] += 1
             log.exception("sampling failed")
             code, message = grpc.StatusCode.INTERNAL, f"sampling failed: {exc}"
+        else:
+            self._metrics.observe(method, "OK", time.perf_counter() - start)
+            return answer
+        self._metrics.observe(method, code.name, time.perf_counter() - start)
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
     async def _sample(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self._counts["requests"] += 1
         request = _decode(sampler_pb2.SampleRequest, payload)
-        loaded = self._loaded  # one snapshot: a concurrent reload cannot change it under us
+        loaded = self._loaded(request.model)  # one snapshot: a reload cannot change it under us
         model = loaded.model
         if request.model_version and request.model_version != model.model_version:
             raise SamplerInputError(
-                f"this server has model_version {model.model_version!r} loaded, the request "
-                f"expects {request.model_version!r}: check GetModelInfo and vet the new model, "
+                f"model {loaded.name!r} on this server has model_version "
+                f"{model.model_version!r} loaded, the request expects "
+                f"{request.model_version!r}: check GetModelInfo and vet the new model, "
                 "or send an empty model_version to accept whatever is loaded",
                 code="FAILED_PRECONDITION",
             )
@@ -380,6 +525,7 @@ class SamplerServer:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExpired()
             action = model.run_checked(obs, noise, step_noise)
+            self._metrics.observe_batch(obs.shape[0])
         else:
             deadline = None if remaining is None else self._loop.time() + remaining
             action = await self._batcher.run(model, obs, noise, step_noise, deadline)
@@ -389,11 +535,34 @@ class SamplerServer:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """The served model and what every response derives from it, swapped as one on reload."""
+    """A served model and what every response derives from it, swapped as one on reload."""
 
+    name: str
+    path: Path
     model: OnnxPolicy
     version_field: bytes  # SampleResponse.model_version, serialized
     model_info: bytes  # GetModelInfo's answer, serialized
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the config's PEM files (None: plaintext)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    key = _read(config.tls_key, "TLS private key (tls_key)")
+    cert = _read(config.tls_cert, "TLS certificate (tls_cert)")
+    client_ca = None
+    if config.tls_client_ca is not None:
+        client_ca = _read(config.tls_client_ca, "client CA bundle (tls_client_ca)")
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _decode(message_type: type[M], payload: bytes) -> M:
@@ -416,7 +585,11 @@ def _file_signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def serve(
-    model_path: str | Path, host: str = "127.0.0.1", port: int = 0, **config: object
+    models: str | os.PathLike | Mapping[str, str | os.PathLike],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **config: object,
 ) -> SamplerServer:
-    """Start a sampler server and return it (stop it with ``.stop()`` or a ``with`` block)."""
-    return SamplerServer(model_path, ServerConfig(host=host, port=port, **config)).start()
+    """Start a sampler server for a model file (or ``{name: path}``) and return it (stop
+    it with ``.stop()`` or a ``with`` block)."""
+    return SamplerServer(models, ServerConfig(host=host, port=port, **config)).start()
