@@ -56,6 +56,10 @@ class EnvSpec:
     success_threshold: float
     success_definition: str
     state_dim: int
+    # Control steps per second (LeRobotDataset's ``fps``) and what each obs/action entry is.
+    control_fps: int = 0
+    obs_names: tuple[str, ...] = ()
+    act_names: tuple[str, ...] = ()
 
     @property
     def default_backend(self) -> str:
@@ -109,6 +113,9 @@ _SPECS = {
             "played perfectly); zero torque passes 0.4%, random actions 0%"
         ),
         state_dim=2,
+        control_fps=20,  # dt = 0.05 s
+        obs_names=("cos_theta", "sin_theta", "theta_dot"),
+        act_names=("torque",),
     ),
     "MountainCarContinuous-v0": EnvSpec(
         env_id="MountainCarContinuous-v0",
@@ -126,6 +133,9 @@ _SPECS = {
             "spending little energy"
         ),
         state_dim=2,
+        control_fps=30,  # no dt in gymnasium; its render_fps
+        obs_names=("position", "velocity"),
+        act_names=("force",),
     ),
 }
 
