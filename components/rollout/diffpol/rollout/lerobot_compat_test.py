@@ -187,13 +187,13 @@ def test_a_dataset_lerobot_wrote_imports_with_identical_values(work):
 
 
 def test_lerobot_reads_back_what_diffpol_imported_from_it(work):
-    tmp, frames, read = work
+    _, frames, read = work
     assert str(read["codebase_version"]) == "v3.0"
     assert (int(read["0/num_episodes"]), int(read["0/num_frames"])) == (3, 17)
     for name in ("observation.state", "action", "next.reward", "next.done"):
         np.testing.assert_array_equal(read[f"0/{name}"].reshape(frames[name].shape), frames[name])
     assert read["0/task"].tolist() == [
-        TASKS[t] for t, k in zip(EPISODE_TASKS, LENGTHS) for _ in range(k)
+        TASKS[t] for t, k in zip(EPISODE_TASKS, LENGTHS, strict=True) for _ in range(k)
     ]
     assert read["0/episodes/tasks"].tolist() == [TASKS[t] for t in EPISODE_TASKS]
     assert read["0/episodes/length"].tolist() == LENGTHS
