@@ -28,7 +28,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -461,8 +463,15 @@ def import_lerobot(
         raise LeRobotFormatError(root, [f"{EPISODE_ID} repeats across episodes"])
     with open_dataset(out_dir, env, overwrite=overwrite) as writer:
         bounds = np.r_[starts[::episodes_per_part], len(ids)]
-        for part, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-            writer.write_part(part, table.slice(lo, hi - lo))
+        parts = list(enumerate(itertools.pairwise(bounds)))
+        # Encoding Parquet is most of an import's time and releases the GIL.
+        with ThreadPoolExecutor(min(len(parts), os.cpu_count() or 1)) as pool:
+            list(
+                pool.map(
+                    lambda p: writer.write_part(p[0], table.slice(p[1][0], p[1][1] - p[1][0])),
+                    parts,
+                )
+            )
         recorded = info.get("diffpol") if isinstance(info.get("diffpol"), dict) else {}
         manifest = writer.write_manifest(
             policy=str(recorded.get("policy", "lerobot")),
