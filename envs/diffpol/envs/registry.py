@@ -55,6 +55,10 @@ class EnvSpec:
     backends: tuple[str, ...]
     state_dim: int
     success: SuccessRule
+    # Control steps per second (LeRobotDataset's ``fps``) and what each obs/action entry is.
+    control_fps: int = 0
+    obs_names: tuple[str, ...] = ()
+    act_names: tuple[str, ...] = ()
 
     @property
     def default_backend(self) -> str:
@@ -119,6 +123,9 @@ _SPECS = {
         backends=("numpy", "gymnasium", "envpool"),
         state_dim=2,
         success=UPRIGHT_HOLD,
+        control_fps=20,  # dt = 0.05 s
+        obs_names=("cos_theta", "sin_theta", "theta_dot"),
+        act_names=("torque",),
     ),
     "MountainCarContinuous-v0": EnvSpec(
         shape=EnvShape(
@@ -130,6 +137,9 @@ _SPECS = {
         backends=("envpool", "gymnasium"),
         state_dim=2,
         success=REACHED_GOAL,
+        control_fps=30,  # no dt in gymnasium; its render_fps
+        obs_names=("position", "velocity"),
+        act_names=("force",),
     ),
 }
 

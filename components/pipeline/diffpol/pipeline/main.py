@@ -1,5 +1,8 @@
 """``./pants run components/trainer:main``: data -> samples -> policies -> ONNX -> evaluation.
 
+The data is collected, or with ``--data DIR`` an existing dataset (diffpol's or a
+LeRobotDataset v3.0, imported first) with its env.
+
 Runs on a local Ray started in process, or on a cluster with ``--address``. Running the same
 command again resumes where it stopped (see ``pipeline``).
 """
@@ -18,6 +21,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="diffpol-pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--out", type=Path, help="output directory (default: runs/<preset>)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="train on this dataset instead of collecting one: a diffpol dataset directory "
+        "or a LeRobotDataset v3.0 directory",
+    )
+    p.add_argument(
+        "--env",
+        help="with --data: the env to train and evaluate on (default: the one the dataset "
+        "names; a LeRobotDataset that names none needs it)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds data, split, init and noise")
     p.add_argument("--address", help="Ray cluster address; default: a local Ray in process")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the preset's)")
@@ -37,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--gpus must be >= 0, got {args.gpus}")
     if args.seed < 0:
         p.error(f"--seed must be >= 0, got {args.seed}")
+    if args.data is not None and not args.data.is_dir():
+        p.error(f"--data {args.data} is not a directory")
+    if args.env is not None and args.data is None:
+        p.error("--env applies with --data only (a collecting run uses the preset's env)")
     if args.out is None:
         args.out = Path("runs") / args.preset
     if args.out.exists() and not args.out.is_dir():
@@ -50,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     from diffpol.pipeline.run import run_pipeline
 
     summary = run_pipeline(
-        preset, args.out, seed=args.seed, address=args.address, verbose=args.verbose
+        preset,
+        args.out,
+        seed=args.seed,
+        address=args.address,
+        verbose=args.verbose,
+        data=args.data,
+        env_id=args.env,
     )
     print(json.dumps({"out": str(args.out.resolve()), "eval": summary["eval"]}, indent=2))
     return 0

@@ -1,8 +1,8 @@
 """The end-to-end job behind ``./pants run components/trainer:main``.
 
-collect (rollout) -> preprocess -> train (diffusion + BC + seed-tutorial baselines) ->
-export (sampler: DDIM as one ONNX graph) -> evaluate (evaluator, in process and through the
-gRPC sampler) -> report. The baselines train after the diffusion policy in the same Ray
+collect (rollout; or, with ``--data``, an existing dataset, a LeRobotDataset imported) ->
+preprocess -> train (diffusion + BC + seed-tutorial baselines) -> export (sampler: DDIM as
+one ONNX graph) -> evaluate (evaluator, in process and through the gRPC sampler) -> report. The baselines train after the diffusion policy in the same Ray
 Train run (``train_policies``). Every stage is resumable: running the same
 command again reuses a complete dataset and samples, resumes training from the latest
 checkpoint (or returns a finished run) and redoes only the cheap stages after it.
@@ -67,9 +67,12 @@ def run_pipeline(
     seed: int,
     address: str | None,
     verbose: bool = False,
+    data: str | Path | None = None,
+    env_id: str | None = None,
 ) -> dict:
     """Run every stage into ``out_dir``; Ray's own output goes to ``OUT/ray.log`` unless
-    ``verbose``."""
+    ``verbose``. With ``data``, train on that dataset (diffpol's, or a LeRobotDataset
+    imported into ``OUT/data``) and its env (``env_id`` if given) instead of collecting."""
     out = Path(out_dir).resolve()
     # Checked before any work: a bad value is an error now, not after the data stages.
     kill = kill_worker_from_env(os.environ, preset.config.train.epochs)
@@ -81,8 +84,12 @@ def run_pipeline(
     if log_file is not None:
         log(f"Ray's logs: {log_file}")
     with ray_session(address, log_file=log_file):
-        with stage("collect", timings):
-            dataset = collect_data(preset, out / "data", seed=seed)
+        if data is None:
+            with stage("collect", timings):
+                dataset = collect_data(preset, out / "data", seed=seed)
+        else:
+            with stage("import", timings):
+                dataset, preset = use_dataset(preset, Path(data), out / "data", env_id)
         with stage("preprocess", timings):
             samples = make_samples(
                 preset, dataset, out / "samples", seed=seed, ray_progress=verbose
@@ -94,7 +101,7 @@ def run_pipeline(
         with stage("evaluate", timings):
             evaluation = evaluate_policies(preset, runs, onnx_path, out / "eval", seed=seed)
     timings["total"] = round(time.perf_counter() - start, 2)
-    return write_report(preset, out, runs, evaluation, timings, seed=seed)
+    return write_report(preset, out, runs, evaluation, timings, seed=seed, dataset=dataset)
 
 
 # --- stages -------------------------------------------------------------------------
@@ -138,6 +145,32 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
         f"data mean return {returns.mean:.1f}"
     )
     return data_dir
+
+
+def use_dataset(
+    preset: Preset, data: Path, data_dir: Path, env_id: str | None
+) -> tuple[Path, Preset]:
+    """An existing dataset to train on, and the preset with its env: a diffpol dataset is
+    used where it is (verified), a LeRobotDataset is imported into ``data_dir``."""
+    from diffpol.contracts import ContractError
+    from diffpol.contracts.dataset import read_manifest
+    from diffpol.rollout.lerobot import import_lerobot, is_lerobot_dataset
+
+    if is_lerobot_dataset(data):
+        # Imported again on every run (seconds): the source may have changed.
+        manifest = import_lerobot(data, data_dir, env_id, overwrite=True)
+        log(f"imported the LeRobotDataset {data} into {data_dir}")
+        dataset = data_dir
+    else:
+        manifest = read_manifest(data)
+        dataset = data
+        if env_id is not None and env_id != manifest.env.env_id:
+            raise ContractError(f"{data} holds {manifest.env.env_id} data, not {env_id}")
+    log(
+        f"training on {manifest.episodes} episodes, {manifest.transitions} transitions of "
+        f"{manifest.env.env_id} ({manifest.policy}), data mean return {manifest.returns.mean:.1f}"
+    )
+    return dataset, dataclasses.replace(preset, env_id=manifest.env.env_id)
 
 
 def make_samples(
@@ -337,6 +370,7 @@ def write_report(
     timings: dict[str, float],
     *,
     seed: int,
+    dataset: Path,
 ) -> dict:
     shutil.copyfile(runs["diffusion"].metrics_csv, out / "metrics.csv")
     plots = _collect_plots(out, runs, evaluation)
@@ -345,6 +379,7 @@ def write_report(
     summary = {
         "env_id": preset.env_id,
         "seed": seed,
+        "data": str(dataset),
         "eval": {
             "policy": ddim_onnx,
             "seeds": preset.eval_seeds,
@@ -359,9 +394,19 @@ def write_report(
         "preset": dataclasses.asdict(preset),
     }
     atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
-    report = _report_markdown(preset, out, evaluation, summary, plots)
+    report = _report_markdown(
+        preset, out, evaluation, {**summary, "data_description": _describe_data(dataset)}, plots
+    )
     atomic_write_bytes(out / "report.md", report.encode())
     return summary
+
+
+def _describe_data(dataset: Path) -> str:
+    from diffpol.contracts.dataset import read_manifest
+
+    m = read_manifest(dataset, verify=False)
+    source = m.provenance.get("source", "collect")
+    return f"{m.episodes} episodes of `{m.policy}` ({source}, seed {m.seed}) in `{dataset}`"
 
 
 def _section(title: str, table) -> list[str]:
@@ -387,8 +432,7 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "",
         "## What ran",
         "",
-        f"- data: {preset.episodes} episodes of `{preset.data_policy}` "
-        f"(noise_max {preset.noise_max}), seed {summary['seed']}",
+        f"- data: {summary['data_description']}",
         f"- model: {model.policy_type}, To={model.n_obs_steps}, T={model.horizon}, "
         f"Ta={model.n_action_steps}, MLP {model.depth} x {model.hidden_width} "
         f"({model.activation}), {model.schedule.beta_schedule} schedule with "

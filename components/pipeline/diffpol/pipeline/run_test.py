@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from diffpol.contracts import ContractError
 from diffpol.evaluator import compare
 from diffpol.pipeline.faults import FAULT_MARKER_ENV, KILL_WORKER_AT_EPOCH_ENV, kill_worker_from_env
 from diffpol.pipeline.run import _section
@@ -49,3 +52,60 @@ def test_a_report_section_has_one_heading_with_the_tables_details():
     headings = [line for line in lines if line.startswith("#")]
     assert headings == [f"## Headline: Pendulum-v1: seeds {table.seeds} (n = 2), noise seed 0"]
     assert "| zero |" in "\n".join(lines)
+
+
+def _tiny_dataset(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from diffpol.rollout import import_parquet, parse_mapping
+
+    n = 6
+    pq.write_table(
+        pa.table(
+            {
+                "episode_id": [1, 1, 1, 2, 2, 2],
+                "step": [0, 1, 2, 0, 1, 2],
+                "obs": pa.array(list(np.ones((n, 3), np.float32)), pa.list_(pa.float32())),
+                "action": pa.array(np.zeros(n, np.float32)),
+                "reward": pa.array(-np.ones(n, np.float32)),
+            }
+        ),
+        tmp_path / "log.parquet",
+    )
+    import_parquet([tmp_path / "log.parquet"], tmp_path / "ds", "Pendulum-v1", parse_mapping(None))
+    return tmp_path / "ds"
+
+
+def test_data_from_a_lerobot_dataset_is_imported_and_sets_the_env(tmp_path):
+    from diffpol.contracts.dataset import read_manifest
+    from diffpol.pipeline.presets import PRESETS
+    from diffpol.pipeline.run import use_dataset
+    from diffpol.rollout.lerobot import export_lerobot
+
+    export_lerobot(_tiny_dataset(tmp_path), tmp_path / "lr")
+    preset = dataclasses.replace(PRESETS["quick"], env_id="MountainCarContinuous-v0")
+    dataset, used = use_dataset(preset, tmp_path / "lr", tmp_path / "out" / "data", None)
+    assert dataset == tmp_path / "out" / "data" and used.env_id == "Pendulum-v1"
+    assert read_manifest(dataset).provenance["source"] == "lerobot"
+    # A diffpol dataset is used where it is; an env that is not the data's is refused.
+    dataset, used = use_dataset(preset, tmp_path / "ds", tmp_path / "unused", None)
+    assert dataset == tmp_path / "ds" and not (tmp_path / "unused").exists()
+    with pytest.raises(ContractError, match="holds Pendulum-v1 data, not MountainCarContinuous-v0"):
+        use_dataset(preset, tmp_path / "ds", tmp_path / "unused", "MountainCarContinuous-v0")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "/no/such/dir"], "--data /no/such/dir is not a directory"),
+        (["--env", "Pendulum-v1"], "--env applies with --data only"),
+    ],
+)
+def test_bad_data_arguments_are_refused(argv, message, capsys):
+    from diffpol.pipeline.main import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err

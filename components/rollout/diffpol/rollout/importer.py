@@ -25,7 +25,8 @@ Floats may be float32 or float64 (stored as float32), lists may be fixed- or var
 also be assembled from scalar columns: ``--map obs=cos_th+sin_th+th_dot``. A file that does
 not fit gets one error listing every problem found.
 
-CLI: ``python -m diffpol.rollout.importer --env Pendulum-v1 --out DIR [--map ...] FILE...``
+CLI: ``python -m diffpol.rollout.importer [--format parquet] --env Pendulum-v1 --out DIR
+[--map ...] FILE...`` (``--format lerobot DIR``: ``diffpol.rollout.lerobot``).
 """
 
 from __future__ import annotations
@@ -301,42 +302,80 @@ def import_parquet(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m diffpol.rollout.importer",
-        description="Import external Parquet transition logs into a diffpol dataset "
-        "(schema: see the module doc or components/rollout/README.md).",
+        prog="import",
+        description="Import external data into a diffpol dataset: Parquet transition logs "
+        "(--format parquet; schema: see the module doc or components/rollout/README.md) or a "
+        "LeRobotDataset v3.0 directory (--format lerobot).",
     )
-    parser.add_argument("files", nargs="+", type=Path, help="Parquet file(s) to import")
-    parser.add_argument("--env", required=True, help=f"env id, one of {', '.join(known_env_ids())}")
+    parser.add_argument(
+        "--format", choices=("parquet", "lerobot"), default="parquet", help="input format"
+    )
+    parser.add_argument(
+        "files", nargs="+", type=Path, help="Parquet file(s), or one LeRobotDataset directory"
+    )
+    parser.add_argument(
+        "--env",
+        help=f"env id, one of {', '.join(known_env_ids())} (required for parquet; for lerobot "
+        "the default is the env the dataset names)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    parser.add_argument("--map", dest="mapping", help="column mapping, e.g. obs=state,action=cmd")
-    parser.add_argument("--policy", default="imported", help="name recorded as the data policy")
+    parser.add_argument(
+        "--map", dest="mapping", help="parquet: column mapping, e.g. obs=state,action=cmd"
+    )
+    parser.add_argument(
+        "--policy", default="imported", help="parquet: name recorded as the data policy"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     errors = []
-    try:
-        get_env_spec(args.env)
-    except ValueError as exc:
-        errors.append(str(exc))
-    try:
-        mapping = parse_mapping(args.mapping)
-    except ValueError as exc:
-        errors.append(str(exc))
-    errors += [f"input file {f} does not exist" for f in args.files if not f.is_file()]
+    if args.env is not None:
+        try:
+            get_env_spec(args.env)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if args.format == "parquet":
+        if args.env is None:
+            errors.append("--env is required with --format parquet")
+        try:
+            mapping = parse_mapping(args.mapping)
+        except ValueError as exc:
+            errors.append(str(exc))
+        errors += [f"input file {f} does not exist" for f in args.files if not f.is_file()]
+    else:
+        if len(args.files) != 1:
+            errors.append("--format lerobot takes one dataset directory")
+        elif not args.files[0].is_dir():
+            errors.append(f"input directory {args.files[0]} does not exist")
+        if args.mapping:
+            errors.append("--map applies to --format parquet only")
     if args.out.exists() and not args.overwrite:
         errors.append(f"--out {args.out} exists; pass --overwrite to replace it")
     if errors:
         parser.error("; ".join(errors))
     try:
-        manifest = import_parquet(
-            args.files, args.out, args.env, mapping, policy=args.policy, overwrite=args.overwrite
-        )
-    except ImportSchemaError as exc:
+        if args.format == "parquet":
+            manifest = import_parquet(
+                args.files,
+                args.out,
+                args.env,
+                mapping,
+                policy=args.policy,
+                overwrite=args.overwrite,
+            )
+        else:
+            from diffpol.rollout.lerobot import import_lerobot
+
+            manifest = import_lerobot(args.files[0], args.out, args.env, overwrite=args.overwrite)
+    except ContractError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
-        f"imported {manifest.episodes} episodes, {manifest.transitions} transitions into {args.out} "
-        f"(mean return {manifest.returns.mean:.2f})"
+        f"imported {manifest.episodes} episodes, {manifest.transitions} transitions of "
+        f"{manifest.env.env_id} into {args.out} (mean return {manifest.returns.mean:.2f})"
     )
+    left_out = manifest.provenance.get("lerobot", {}).get("left_out")
+    if left_out:
+        print(f"left out (diffpol learns from state, not images): {', '.join(left_out)}")
     return 0
 
 

@@ -8,6 +8,7 @@ written last, and only then does the staging directory become ``out_dir``
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,21 +42,28 @@ class DatasetWriter:
         self._episode_ids: list[np.ndarray] = []
         self._transitions = 0
         self._parts: set[int] = set()
+        self._lock = threading.Lock()
 
     def write_part(self, index: int, table: pa.Table | pa.RecordBatch) -> Path:
-        """Write rows as ``data/part-{index:05d}.parquet``; each index once."""
-        if index in self._parts:
-            raise ValueError(f"part {index} was already written")
+        """Write rows as ``data/part-{index:05d}.parquet``; each index once. Parts may be
+        written from several threads at once (the Parquet encoding releases the GIL)."""
+        with self._lock:
+            if index in self._parts:
+                raise ValueError(f"part {index} was already written")
+            self._parts.add(index)
         validate_batch(table, self.env.obs_dim, self.env.act_dim)
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         path = self.staging / DATA_DIR / f"part-{index:05d}.parquet"
-        pq.write_table(table, path)
-        self._parts.add(index)
+        # Dictionary pages only where values repeat (ids, steps, flags): on float columns
+        # they are tried, overflow and are dropped, which doubles the write time.
+        dictionary = [f.name for f in table.schema if not _is_float(f.type)]
+        pq.write_table(table, path, use_dictionary=dictionary)
         ids, returns = _episode_returns(table)
-        self._episode_ids.append(ids)
-        self._returns.append(returns)
-        self._transitions += table.num_rows
+        with self._lock:
+            self._episode_ids.append(ids)
+            self._returns.append(returns)
+            self._transitions += table.num_rows
         return path
 
     @property
@@ -109,6 +117,10 @@ class DatasetWriter:
         )
         atomic_write_json(self.staging / MANIFEST, manifest.to_json())
         return manifest
+
+
+def _is_float(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or (pa.types.is_fixed_size_list(t) and _is_float(t.value_type))
 
 
 def _episode_returns(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
