@@ -70,6 +70,9 @@ def test_preprocess_throughput(benchmark, ray_local, dataset, fresh_dir):
         results.append(preprocess([dataset], fresh_dir(), PreprocessConfig(progress=False)))
 
     benchmark.pedantic(run, rounds=3, iterations=1)
+    # Every timed run wrote every transition as one sample (To/T windows are padded).
+    for result in results:
+        assert result.info.train.rows + result.info.val.rows == rows
     # From the pipeline's own timer: benchmark.stats is None under --benchmark-disable.
     mean_s = float(np.mean([r.seconds["total"] for r in results]))
     benchmark.extra_info["rows"] = rows
@@ -206,6 +209,9 @@ def test_shuffle_alternatives(benchmark, ray_local, dataset, fresh_dir, shuffle_
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(_mixing(outs[-1]))
     benchmark.extra_info["rows"] = plan.rows
+    # Each variant is a shuffle, not a filter: every planned sample is written once.
+    for out in outs:
+        assert pq.read_table(out, columns=["step"]).num_rows == plan.rows
     # Own timer (without the warm-up): benchmark.stats is None under --benchmark-disable.
     shuffle_report[variant] = {**benchmark.extra_info, "mean_s": float(np.mean(seconds[1:]))}
 

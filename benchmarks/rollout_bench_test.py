@@ -51,13 +51,19 @@ def test_env_steps_per_second(benchmark, env_id, backend, num_envs):
 
     seconds = []
 
+    results = []
+
     def run():
         start = time.perf_counter()
         for _ in range(steps):
-            env.step(actions)
+            results.append(env.step(actions))
         seconds.append(time.perf_counter() - start)
 
     benchmark.pedantic(run, rounds=3, iterations=1)
+    # What was timed really stepped every env: finite observations of the env's shape.
+    last = results[-1]
+    assert last.obs.shape == (num_envs, env.spec.obs_dim) and np.isfinite(last.obs).all()
+    assert last.reward.shape == (num_envs,) and np.isfinite(last.reward).all()
     rate = steps * num_envs / statistics.median(seconds)
     benchmark.extra_info.update(env_steps_per_s=round(rate), num_envs=num_envs)
     print(f"\n{env_id} {backend} x{num_envs}: {rate:,.0f} env steps/s")

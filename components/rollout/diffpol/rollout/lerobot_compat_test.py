@@ -81,13 +81,9 @@ def ledataset_python() -> Path:
                 [str(staging / "bin" / "python"), "-m", "pip", "install", "--no-input",
                  "--disable-pip-version-check", *_ca_bundle(), "-r", str(REQUIREMENTS)],
             ):  # fmt: skip
-                # The machine's pip configuration is not read: the requirements file decides.
-                env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
-                env = {
-                    k: v
-                    for k, v in env.items()
-                    if not k.startswith("PIP_") or k == "PIP_CONFIG_FILE"
-                }
+                # The pins decide the versions; the machine's pip configuration decides where
+                # they come from (a wheel mirror for the large torch wheels, or the index).
+                env = dict(os.environ)
                 result = subprocess.run(command, capture_output=True, text=True, env=env)
                 if result.returncode:
                     pytest.fail(
