@@ -5,10 +5,9 @@ Each component (``components/<name>``) may import its own package, ``diffpol.con
 ``diffpol.envs`` (the envs and their success rules); the contracts and the core import no
 component, and the envs import only the contracts. The end-to-end pipeline
 (``components/pipeline``) is the one component that may import all the others.
-Anything else is a boundary crossing. The crossings that exist today are listed in
-``KNOWN_CROSSINGS``, each with the reason it still exists; the list may only shrink: a new
-crossing fails, and so does a listed one that no longer exists (delete its line).
-Tests and test helpers are exempt: they may build fixtures from other components.
+Anything else is a boundary crossing, and fails
+``test_no_boundary_crossing``. Tests and test helpers are exempt: they may build fixtures
+from other components.
 """
 
 from __future__ import annotations
@@ -23,18 +22,6 @@ COMPONENTS = ("rollout", "preprocess", "trainer", "sampler", "evaluator")
 SHARED = ("contracts", "v1", "diffusion", "envs")
 # Test-only modules shipped next to product code (they build reference models and fixtures).
 TEST_HELPERS = {"testing.py", "conftest.py"}
-
-# Crossings that exist today: (importing file, imported component package, why).
-KNOWN_CROSSINGS = {
-    (path, package): why
-    for path, package, why in [
-        (
-            "components/trainer/diffpol/trainer/policy.py",
-            "sampler",
-            "the trainer exports its policies with the sampler's export_onnx",
-        ),
-    ]
-}
 
 
 def imported_diffpol_packages(path: Path) -> set[str]:
@@ -90,19 +77,12 @@ def test_every_component_is_seen():
     assert list((REPO / "envs" / "diffpol" / "envs").glob("*.py")), "no envs package"
 
 
-def test_no_new_boundary_crossing():
-    new = sorted(crossings() - KNOWN_CROSSINGS.keys())
-    assert not new, (
+def test_no_boundary_crossing():
+    found = sorted(crossings())
+    assert not found, (
         "product code imports another component directly; go through diffpol.contracts "
-        "(or move the shared piece there):\n"
-        + "\n".join(f"  {path} imports diffpol.{package}" for path, package in new)
-    )
-
-
-def test_known_crossings_still_exist():
-    gone = sorted(KNOWN_CROSSINGS.keys() - crossings())
-    assert not gone, "these crossings are gone; delete them from KNOWN_CROSSINGS:\n" + "\n".join(
-        f"  {path} -> diffpol.{package}" for path, package in gone
+        "(or move the shared piece there, or into the pipeline):\n"
+        + "\n".join(f"  {path} imports diffpol.{package}" for path, package in found)
     )
 
 

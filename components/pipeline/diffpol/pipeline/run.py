@@ -256,7 +256,21 @@ def train_policies(
 def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:
     from diffpol.trainer.policy import load_policy
 
-    return load_policy(run.checkpoint_dir, "ddim", preset.ddim_steps).export_onnx(path)
+    return export_torch_policy(load_policy(run.checkpoint_dir, "ddim", preset.ddim_steps), path)
+
+
+def export_torch_policy(policy, path: Path) -> Path:
+    """A trained ``TorchPolicy`` as the sampler's ONNX artifact at ``path``."""
+    from diffpol.sampler import export_onnx
+
+    return export_onnx(
+        policy.loop,
+        policy.normalizer,
+        policy.env,
+        policy.window,
+        path,
+        model_version=policy.model_version,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

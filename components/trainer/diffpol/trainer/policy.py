@@ -40,7 +40,9 @@ class _Bounds:
 class TorchPolicy:
     """``act(obs [B, To, obs_dim], seed) -> [B, Ta, act_dim]`` in env units.
 
-    Also carries what an ONNX export needs: ``loop`` (the ``DenoisingLoop``-like module),
+    Also carries what the sampler's ONNX export takes (``diffpol.sampler.export_onnx(
+    policy.loop, policy.normalizer, policy.env, policy.window, path,
+    model_version=policy.model_version)``): ``loop`` (a ``diffpol.diffusion.SamplingLoop``),
     ``normalizer``, the ``env`` shape, the time ``window`` and a ``model_version`` naming
     the weights.
     """
@@ -76,19 +78,6 @@ class TorchPolicy:
     @property
     def steps(self) -> int:
         return int(self.loop.steps)
-
-    def export_onnx(self, path: str | Path) -> Path:
-        """This policy's sampler as the sampler component's ONNX artifact at ``path``."""
-        from diffpol.sampler import export_onnx
-
-        return export_onnx(
-            self.loop,
-            self.normalizer,
-            self.env,
-            self.window,
-            path,
-            model_version=self.model_version,
-        )
 
     def act(self, obs: np.ndarray, seed: int | None = None) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)

@@ -134,11 +134,18 @@ def test_incomplete_checkpoints_are_named(tmp_path):
 
 
 def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path):
-    from diffpol.sampler import OnnxPolicy
+    from diffpol.sampler import OnnxPolicy, export_onnx
 
     directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
     policy = load_policy(directory, sampler="ddim", steps=5)
-    path = policy.export_onnx(tmp_path / "policy.onnx")
+    path = export_onnx(
+        policy.loop,
+        policy.normalizer,
+        policy.env,
+        policy.window,
+        tmp_path / "policy.onnx",
+        model_version=policy.model_version,
+    )
     onnx_policy = OnnxPolicy(path)
     obs = np.random.default_rng(1).normal(0, 1, (16, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(onnx_policy.act(obs, seed=9), policy.act(obs, seed=9), atol=1e-4)
