@@ -77,6 +77,26 @@ class ColumnMapping:
         return tuple(self.columns.get(name, (name,)))
 
 
+def episode_starts(ids: np.ndarray) -> np.ndarray:
+    """Where each episode begins in ``ids`` (rows grouped by episode)."""
+    return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
+
+
+def episode_step_problems(
+    ids: np.ndarray, steps: np.ndarray, id_name: str, step_name: str
+) -> list[str]:
+    """A message unless ``steps`` run 0..n-1 in each episode (rows sorted by id, then step)."""
+    starts = episode_starts(ids)
+    expected = np.arange(len(ids)) - np.repeat(starts, np.diff(np.r_[starts, len(ids)]))
+    bad = np.unique(ids[steps != expected])
+    if not len(bad):
+        return []
+    return [
+        f"{step_name} must run 0..n-1 without gaps or repeats in each episode; "
+        f"{len(bad)} episode(s) do not, e.g. {id_name} {int(bad[0])}"
+    ]
+
+
 def parse_mapping(text: str | None) -> ColumnMapping:
     """``"obs=state,action=cmd"`` or ``"obs=a+b+c"`` -> ColumnMapping."""
     if not text:
@@ -169,14 +189,7 @@ def _convert(table: pa.Table, env: EnvSpec, mapping: ColumnMapping, source: str)
     if out["episode_id"] is not None and out["step"] is not None and n:
         order = np.lexsort((out["step"], out["episode_id"]))
         ids, steps = out["episode_id"][order], out["step"][order]
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        expected = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-        bad = np.unique(ids[steps != expected])
-        if len(bad):
-            problems.append(
-                f"steps must run 0..n-1 without gaps or repeats within each episode; "
-                f"{len(bad)} episode(s) do not, e.g. episode_id {int(bad[0])}"
-            )
+        problems += episode_step_problems(ids, steps, "episode_id", "steps")
     if n == 0:
         problems.append("file has no rows")
     if problems:

@@ -45,6 +45,7 @@ from diffpol.contracts.atomic import atomic_directory, atomic_write_bytes
 from diffpol.contracts.dataset import DatasetManifest, data_files, read_manifest
 from diffpol.contracts.errors import ContractError
 from diffpol.envs import EnvSpec, get_env_spec, known_env_ids
+from diffpol.rollout.importer import episode_starts, episode_step_problems
 from diffpol.rollout.provenance import package_versions
 from diffpol.rollout.sink import open_dataset
 
@@ -341,19 +342,9 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
         order = np.lexsort((frame_index, episode_index))
         cols = {k: v[order] for k, v in cols.items()}
         episode_index, frame_index = cols["episode_index"][:, 0], cols["frame_index"][:, 0]
-    starts = (
-        np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]])
-        if n
-        else np.zeros(0, int)
-    )
+    starts = episode_starts(episode_index)
     lengths = np.diff(np.r_[starts, n])
-    expected = np.arange(n) - np.repeat(starts, lengths)
-    bad = np.unique(episode_index[frame_index != expected])
-    if len(bad):
-        problems.append(
-            f"frame_index must run 0..n-1 without gaps or repeats in each episode; "
-            f"{len(bad)} episode(s) do not, e.g. episode_index {int(bad[0])}"
-        )
+    problems += episode_step_problems(episode_index, frame_index, "episode_index", "frame_index")
     if n == 0:
         problems.append("the data files hold no frames")
     for key, actual in (("total_frames", n), ("total_episodes", len(starts))):
