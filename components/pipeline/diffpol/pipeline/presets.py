@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from diffpol.contracts import Window
 from diffpol.trainer.config import Config, ModelConfig, OptimConfig, TrainConfig
 
 
@@ -20,7 +21,6 @@ class Preset:
     noise_max: float = 1.0
     episodes: int = 500
     rollout_actors: int = 2
-    # Samples: observation history To and action chunk T (the model's To and T).
     val_fraction: float = 0.1
     # The diffusion policy and the two baselines trained on the same samples.
     config: Config = field(default_factory=Config)
@@ -31,6 +31,12 @@ class Preset:
     ddpm_steps: int = 100
     # Slow PyTorch-side baselines (DDPM-100 in eager mode) are compared on fewer seeds.
     torch_eval_seeds: str = "100000:100200"
+
+    @property
+    def window(self) -> Window:
+        """The one time window of the run: preprocess builds its samples with it and the
+        model is configured with it."""
+        return self.config.model.window
 
 
 PRESETS: dict[str, Preset] = {

@@ -146,15 +146,14 @@ def make_samples(
     from diffpol.contracts.samples import SAMPLES_FILE, load_samples
     from diffpol.preprocess import PreprocessConfig, preprocess
 
-    model = preset.config.model
+    window = preset.window
     if (samples_dir / SAMPLES_FILE).exists():
         info = load_samples(samples_dir).info
-        if (info.window.n_obs_steps, info.window.horizon) == (model.n_obs_steps, model.horizon):
+        if info.window == window:
             log(f"reusing the samples in {samples_dir}")
             return samples_dir
     config = PreprocessConfig(
-        n_obs_steps=model.n_obs_steps,
-        horizon=model.horizon,
+        window=window,
         val_fraction=preset.val_fraction,
         seed=seed,
         progress=ray_progress,
@@ -389,8 +388,8 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "",
         f"- data: {preset.episodes} episodes of `{preset.data_policy}` "
         f"(noise_max {preset.noise_max}), seed {summary['seed']}",
-        f"- model: {model.policy_type}, To={model.n_obs_steps}, T={model.horizon}, "
-        f"Ta={model.n_action_steps}, MLP {model.depth} x {model.hidden_width} "
+        f"- model: {model.policy_type}, To={model.window.n_obs_steps}, "
+        f"T={model.window.horizon}, Ta={model.window.n_action_steps}, MLP {model.depth} x {model.hidden_width} "
         f"({model.activation}), {model.schedule.beta_schedule} schedule with "
         f"{model.schedule.num_train_timesteps} steps, {preset.config.train.epochs} epochs",
         f"- baselines: {', '.join(BASELINES)} ({preset.baseline_epochs} epochs)",

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from diffpol.contracts import Window
+from diffpol.contracts.shapes import WINDOW_KEYS
 from diffpol.diffusion import NoiseScheduleConfig
 
 PolicyType = Literal["diffusion", "bc", "seed-tutorial"]
@@ -38,9 +40,8 @@ class ModelConfig:
     """
 
     policy_type: PolicyType = "diffusion"
-    n_obs_steps: int = 2  # To
-    horizon: int = 1  # T: actions predicted per call
-    n_action_steps: int = 1  # Ta: actions executed before re-planning (receding horizon)
+    # To=2 observations seen, T=1 action predicted, Ta=1 executed before re-planning.
+    window: Window = field(default_factory=lambda: Window(n_obs_steps=2))
     hidden_width: int = 64
     depth: int = 3  # hidden layers
     time_embed_dim: int = 32
@@ -54,11 +55,9 @@ class ModelConfig:
             self.policy_type in POLICY_TYPES,
             f"policy_type must be one of {', '.join(POLICY_TYPES)}, got {self.policy_type!r}",
         )
-        _require(self.n_obs_steps >= 1, f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
-        _require(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         _require(
-            1 <= self.n_action_steps <= self.horizon,
-            f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}",
+            isinstance(self.window, Window),
+            f"window must be a diffpol.contracts.Window, got {self.window!r}",
         )
         _require(self.hidden_width >= 1, f"hidden_width must be >= 1, got {self.hidden_width}")
         _require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
@@ -176,7 +175,19 @@ class Config:
 
 
 def model_config_from_json(raw: dict[str, Any]) -> ModelConfig:
-    return _build(ModelConfig, raw, schedule=_build(NoiseScheduleConfig, raw["schedule"]))
+    """A ``ModelConfig`` from its JSON: the window nested (``{"window": {...}}``) or, as
+    checkpoints written before ``Window`` have it, flat ``n_obs_steps``/``horizon``/
+    ``n_action_steps`` keys."""
+    raw = dict(raw)
+    flat = {key: raw.pop(key) for key in WINDOW_KEYS if key in raw}
+    if flat and "window" in raw:
+        raise ValueError(
+            f"ModelConfig: both a window and flat {', '.join(flat)} given; keep only the window"
+        )
+    window = raw.pop("window", None)
+    window = Window(**flat) if flat else Window.from_json(window) if window is not None else None
+    extra = {"window": window} if window is not None else {}
+    return _build(ModelConfig, raw, schedule=_build(NoiseScheduleConfig, raw["schedule"]), **extra)
 
 
 def _build(cls, raw: dict[str, Any], **overrides):

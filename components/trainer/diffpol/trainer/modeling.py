@@ -92,8 +92,8 @@ class _PolicyModel(nn.Module):
         super().__init__()
         self.config = config
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.cond_dim = config.n_obs_steps * obs_dim
-        self.sample_dim = config.horizon * act_dim
+        self.cond_dim = config.window.n_obs_steps * obs_dim
+        self.sample_dim = config.window.horizon * act_dim
 
 
 class DiffusionPolicyModel(_PolicyModel):
@@ -131,7 +131,7 @@ class DiffusionPolicyModel(_PolicyModel):
         return DenoisingLoop(
             self.denoiser,
             self.config.schedule,
-            self.config.horizon,
+            self.config.window.horizon,
             self.act_dim,
             sampler=sampler,
             steps=steps,
@@ -155,7 +155,7 @@ class BCPolicyModel(_PolicyModel):
         return F.mse_loss(self(obs), action)
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        return RegressionLoop(self, self.config.horizon, self.act_dim)
+        return RegressionLoop(self, self.config.window.horizon, self.act_dim)
 
 
 class SeedTutorialModel(_PolicyModel):
@@ -181,7 +181,7 @@ class SeedTutorialModel(_PolicyModel):
             nn.ReLU(),
             nn.Linear(128, self.sample_dim),
         )
-        to, t = config.n_obs_steps, config.horizon
+        to, t = config.window.n_obs_steps, config.window.horizon
 
         def flat(values: tuple[float, ...], repeat: int) -> torch.Tensor:
             return torch.tensor([float(v) for v in values] * repeat, dtype=torch.float32)
@@ -216,7 +216,7 @@ class SeedTutorialModel(_PolicyModel):
         return (x - self.act_center) / self.act_scale
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        return SeedTutorialLoop(self, self.SAMPLING_STEPS, self.config.horizon, self.act_dim)
+        return SeedTutorialLoop(self, self.SAMPLING_STEPS, self.config.window.horizon, self.act_dim)
 
 
 PolicyModel = DiffusionPolicyModel | BCPolicyModel | SeedTutorialModel

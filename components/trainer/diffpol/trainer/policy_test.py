@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from diffpol.contracts import Policy, draw_sampler_noise
+from diffpol.contracts import Policy, Window, draw_sampler_noise
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.trainer import CheckpointError, Config, ModelConfig, load_policy
@@ -55,7 +56,7 @@ def write_checkpoint(directory, model_config: ModelConfig, seed: int = 0):
     return directory, model, ema.averaged
 
 
-CHUNKED = ModelConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=32, depth=2)
+CHUNKED = ModelConfig(window=Window(2, 4, 2), hidden_width=32, depth=2)
 
 
 def test_policy_acts_like_the_loop_on_the_shared_noise_stream(tmp_path):
@@ -76,6 +77,19 @@ def test_policy_acts_like_the_loop_on_the_shared_noise_stream(tmp_path):
     assert not np.array_equal(policy.act(obs, seed=43), actions)
 
 
+def test_a_checkpoint_with_the_flat_window_keys_still_loads(tmp_path):
+    # config.json as written before ModelConfig held a Window: the keys sit in "model".
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    path = directory / "config.json"
+    raw = json.loads(path.read_text())
+    raw["model"].update(raw["model"].pop("window"))
+    assert raw["model"]["n_action_steps"] == 2
+    path.write_text(json.dumps(raw))
+    policy = load_policy(directory, steps=5)
+    assert policy.window == Window(2, 4, 2) and policy.config.model == CHUNKED
+    assert policy.act(np.zeros((3, 2, 3), np.float32), seed=0).shape == (3, 2, 1)
+
+
 def test_ddpm_policy_draws_step_noise_and_stays_reproducible(tmp_path):
     directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
     policy = load_policy(directory, sampler="ddpm", steps=20)
@@ -94,7 +108,7 @@ def test_raw_weights_differ_from_the_ema_weights(tmp_path):
 
 @pytest.mark.parametrize("policy_type", ["bc", "seed-tutorial"])
 def test_baselines_load_behind_the_same_interface(tmp_path, policy_type):
-    config = ModelConfig(policy_type=policy_type, n_obs_steps=1, horizon=1)
+    config = ModelConfig(policy_type=policy_type, window=Window(1, 1))
     directory, _, _ = write_checkpoint(tmp_path / policy_type, config)
     policy = load_policy(directory)
     actions = policy.act(np.zeros((4, 1, 3), np.float32), seed=3)
