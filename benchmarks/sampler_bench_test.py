@@ -349,7 +349,7 @@ def _x0_clipped(pair: Pair, inputs: list[np.ndarray]) -> float:
     obs_norm = (obs - pair.eager.obs_center) / pair.eager.obs_scale
     with torch.inference_mode():
         cond = loop.denoiser.encode_condition(obs_norm.flatten(1))
-        time_terms = loop.denoiser.in_time(loop.time_features)
+        time_terms = loop.denoiser.time_terms(loop.time_features)
         x, k, clipped = noise.flatten(1), 0, []
         for i, t in enumerate(loop.timesteps):
             x0 = loop.denoiser.denoise(x, cond, time_terms[i])

@@ -162,6 +162,15 @@ def make_samples(
     return samples_dir
 
 
+def _denoiser(model: ModelConfig) -> str:
+    if model.denoiser == "unet":
+        return (
+            f"temporal U-Net {'/'.join(map(str, model.unet_down_dims))} "
+            f"(kernel {model.unet_kernel_size})"
+        )
+    return f"MLP {model.depth} x {model.hidden_width} ({model.activation})"
+
+
 def policy_config(preset: Preset, policy_type: PolicyType, *, seed: int) -> Config:
     config = preset.config
     model: ModelConfig = dataclasses.replace(config.model, policy_type=policy_type)
@@ -389,8 +398,8 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         f"- data: {preset.episodes} episodes of `{preset.data_policy}` "
         f"(noise_max {preset.noise_max}), seed {summary['seed']}",
         f"- model: {model.policy_type}, To={model.window.n_obs_steps}, "
-        f"T={model.window.horizon}, Ta={model.window.n_action_steps}, MLP {model.depth} x {model.hidden_width} "
-        f"({model.activation}), {model.schedule.beta_schedule} schedule with "
+        f"T={model.window.horizon}, Ta={model.window.n_action_steps}, {_denoiser(model)}, "
+        f"{model.schedule.beta_schedule} schedule with "
         f"{model.schedule.num_train_timesteps} steps, {preset.config.train.epochs} epochs",
         f"- baselines: {', '.join(BASELINES)} ({preset.baseline_epochs} epochs)",
         "- stage seconds: "

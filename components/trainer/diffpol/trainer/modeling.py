@@ -21,6 +21,7 @@ from diffpol.diffusion.activations import FastMish
 from diffpol.diffusion.embedding import sinusoidal_embedding, sinusoidal_frequencies
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
+from diffpol.trainer.unet import ConditionalUnet1D
 
 
 def make_activation(name: str) -> nn.Module:
@@ -64,8 +65,11 @@ class ConditionalMLPDenoiser(nn.Module):
     def encode_condition(self, obs_flat: torch.Tensor) -> torch.Tensor:
         return self.in_cond(obs_flat)
 
+    def time_terms(self, time_features: torch.Tensor) -> torch.Tensor:
+        return self.in_time(time_features)
+
     def encode_time(self, t: torch.Tensor) -> torch.Tensor:
-        return self.in_time(sinusoidal_embedding(t, self.time_embed_dim, self.time_freqs))
+        return self.time_terms(sinusoidal_embedding(t, self.time_embed_dim, self.time_freqs))
 
     def denoise(
         self, x_flat: torch.Tensor, cond_term: torch.Tensor, time_term: torch.Tensor
@@ -77,6 +81,31 @@ class ConditionalMLPDenoiser(nn.Module):
 
     def forward(self, x_flat: torch.Tensor, obs_flat: torch.Tensor, t: torch.Tensor):
         return self.denoise(x_flat, self.encode_condition(obs_flat), self.encode_time(t))
+
+
+def build_denoiser(
+    config: ModelConfig, cond_dim: int, act_dim: int
+) -> ConditionalMLPDenoiser | ConditionalUnet1D:
+    """The diffusion policy's denoiser that ``config.denoiser`` names."""
+    horizon = config.window.horizon
+    if config.denoiser == "unet":
+        return ConditionalUnet1D(
+            act_dim,
+            horizon,
+            cond_dim,
+            config.time_embed_dim,
+            config.unet_down_dims,
+            config.unet_kernel_size,
+            config.unet_groups,
+        )
+    return ConditionalMLPDenoiser(
+        horizon * act_dim,
+        cond_dim,
+        config.hidden_width,
+        config.depth,
+        config.time_embed_dim,
+        config.activation,
+    )
 
 
 def _mlp(in_dim: int, out_dim: int, width: int, depth: int, activation: str) -> nn.Sequential:
@@ -101,14 +130,7 @@ class DiffusionPolicyModel(_PolicyModel):
 
     def __init__(self, config: ModelConfig, obs_dim: int, act_dim: int) -> None:
         super().__init__(config, obs_dim, act_dim)
-        self.denoiser = ConditionalMLPDenoiser(
-            self.sample_dim,
-            self.cond_dim,
-            config.hidden_width,
-            config.depth,
-            config.time_embed_dim,
-            config.activation,
-        )
+        self.denoiser = build_denoiser(config, self.cond_dim, act_dim)
         self.noise_scheduler = DDPMScheduler(config.schedule)
 
     def compute_loss(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffpol.contracts import Policy, Window, draw_sampler_noise
+from diffpol.contracts import Policy, PolicySpec, Window, draw_sampler_noise
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.trainer import CheckpointError, Config, ModelConfig, load_policy
@@ -147,12 +147,47 @@ def test_incomplete_checkpoints_are_named(tmp_path):
         load_policy(directory, sampler="euler")
 
 
-def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path):
-    from diffpol.sampler import OnnxPolicy
+# Chi et al.'s window (To=2, T=16, Ta=8) with a small temporal U-Net.
+UNET = ModelConfig(
+    window=Window(2, 16, 8),
+    denoiser="unet",
+    unet_down_dims=(8, 16, 32),
+    unet_groups=4,
+    time_embed_dim=16,
+)
 
-    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+
+@pytest.mark.parametrize("config", [CHUNKED, UNET], ids=["mlp", "unet"])
+def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path, config, caplog):
+    from diffpol.sampler import OnnxPolicy
+    from diffpol.sampler.export import DEFAULT_ATOL
+
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", config)
     policy = load_policy(directory, sampler="ddim", steps=5)
-    path = policy.export_onnx(tmp_path / "policy.onnx")
+    with caplog.at_level("INFO", logger="diffpol.sampler.export"):
+        path = policy.export_onnx(tmp_path / "policy.onnx")
+    # The U-Net loop is traced and slimmed (one graph); only ReLU MLPs become ReLU networks.
+    graph = "relu-network" if config.denoiser == "mlp" else "optimised"
+    assert f"({graph} graph)" in caplog.text
     onnx_policy = OnnxPolicy(path)
+    window = config.window
+    assert onnx_policy.spec == PolicySpec(3, 1, window.n_obs_steps, window.n_action_steps)
     obs = np.random.default_rng(1).normal(0, 1, (16, 2, 3)).astype(np.float32)
-    np.testing.assert_allclose(onnx_policy.act(obs, seed=9), policy.act(obs, seed=9), atol=1e-4)
+    actions = onnx_policy.act(obs, seed=9)
+    assert actions.shape == (16, window.n_action_steps, 1)
+    # Within the export's own bound, in env units (the action scale is 2).
+    np.testing.assert_allclose(actions, policy.act(obs, seed=9), atol=2 * DEFAULT_ATOL)
+
+
+def test_a_unet_checkpoint_acts_like_its_loop(tmp_path):
+    directory, _, ema = write_checkpoint(tmp_path / "ckpt", UNET)
+    policy = load_policy(directory, sampler="ddim", steps=5)
+    assert policy.window == Window(2, 16, 8)
+    obs = np.random.default_rng(0).normal(0, 1, (4, 2, 3)).astype(np.float32)
+    noise, _ = draw_sampler_noise(3, 4, 16, 1, 0)
+    with torch.no_grad():
+        expected = ema.sampling_loop("ddim", 5)(
+            torch.from_numpy(NORMALIZER.obs.normalize(obs)), torch.from_numpy(noise)
+        )[:, :8].numpy()
+    expected = np.clip(NORMALIZER.action.unnormalize(expected), -2, 2)
+    np.testing.assert_allclose(policy.act(obs, seed=3), expected, atol=1e-6)
