@@ -109,8 +109,8 @@ def _episode_windows(sources, normalizer, plan) -> ray.data.Dataset:
             build_windows,
             batch_format="pyarrow",
             fn_kwargs={
-                "n_obs_steps": CONFIG.n_obs_steps,
-                "horizon": CONFIG.horizon,
+                "n_obs_steps": CONFIG.window.n_obs_steps,
+                "horizon": CONFIG.window.horizon,
                 "obs_normalizer": normalizer.obs,
                 "action_normalizer": normalizer.action,
                 "expected_lengths": (plan.ids, plan.lengths),

@@ -41,7 +41,7 @@ import onnx
 import pytest
 import torch
 
-from diffpol.contracts import EnvShape, Window
+from diffpol.contracts import EnvShape
 from diffpol.sampler import OnnxPolicy, SamplerClient, export_onnx
 from diffpol.sampler.export import SamplerModule, count_nodes
 from diffpol.sampler.testing import pendulum_like_normalizer
@@ -95,18 +95,18 @@ class Pair:
             loop,
             normalizer,
             EnvShape("Pendulum-v1", OBS_DIM, ACT_DIM, tuple(low), tuple(high)),
-            Window(config.n_obs_steps, config.horizon, config.n_action_steps),
+            config.window,
             OUT / f"{name}.onnx",
             model_version=name,
             relu_network=relu_network,
         )
         self.eager = SamplerModule(
-            loop, normalizer, low, high, config.n_action_steps, config.horizon
+            loop, normalizer, low, high, config.window.n_action_steps, config.window.horizon
         ).eval()
         self.onnx = OnnxPolicy(self.path)
         self.params = sum(p.numel() for p in loop.parameters())
         self.nodes = count_nodes(self.path)
-        self.obs_shape = (config.n_obs_steps, OBS_DIM)
+        self.obs_shape = (config.window.n_obs_steps, OBS_DIM)
 
     def inputs(self, batch: int, seed: int = 0) -> list[np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -331,10 +331,10 @@ def _trained_default_model(steps: int) -> DiffusionPolicyModel:
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        obs = torch.randn(256, config.n_obs_steps * OBS_DIM, generator=generator)
+        obs = torch.randn(256, config.window.n_obs_steps * OBS_DIM, generator=generator)
         sign = torch.randint(0, 2, (256, 1), generator=generator) * 2.0 - 1.0
         action = sign * torch.clamp(1.5 * torch.tanh(2 * obs[:, :1] + obs[:, 1:2]), -1, 1)
-        loss = model.compute_loss(obs, action.repeat(1, config.horizon * ACT_DIM), generator)
+        loss = model.compute_loss(obs, action.repeat(1, config.window.horizon * ACT_DIM), generator)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -349,7 +349,7 @@ def _x0_clipped(pair: Pair, inputs: list[np.ndarray]) -> float:
     obs_norm = (obs - pair.eager.obs_center) / pair.eager.obs_scale
     with torch.inference_mode():
         cond = loop.denoiser.encode_condition(obs_norm.flatten(1))
-        time_terms = loop.denoiser.in_time(loop.time_features)
+        time_terms = loop.denoiser.time_terms(loop.time_features)
         x, k, clipped = noise.flatten(1), 0, []
         for i, t in enumerate(loop.timesteps):
             x0 = loop.denoiser.denoise(x, cond, time_terms[i])

@@ -55,10 +55,11 @@ FLOOR = 0.5
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     rng = np.random.default_rng(0)
-    theta = rng.uniform(-np.pi, np.pi, (ROWS, MODEL.n_obs_steps))
+    theta = rng.uniform(-np.pi, np.pi, (ROWS, MODEL.window.n_obs_steps))
     obs = np.stack([np.cos(theta), np.sin(theta), rng.uniform(-8, 8, theta.shape)], -1)
     action = np.clip(
-        -2 * np.sin(theta[:, -1:, None]) + 0.1 * rng.standard_normal((ROWS, MODEL.horizon, 1)),
+        -2 * np.sin(theta[:, -1:, None])
+        + 0.1 * rng.standard_normal((ROWS, MODEL.window.horizon, 1)),
         -2,
         2,
     )

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from cluster import ClusterConfig, pid_alive, wait_for
 
+from diffpol.contracts import Window
 from diffpol.contracts.dataset import data_files, read_manifest
 from diffpol.contracts.errors import ContractError
 from diffpol.rollout import collect, collect_local, episode_id, make_plan
@@ -319,7 +320,7 @@ def trained(cluster, tmp_path_factory):
     obs, action = bimodal_samples(400, n_obs_steps=2, horizon=4, seed=5)
     samples = write_samples(tmp_path_factory.mktemp("samples"), obs, action, val_fraction=0.2)
     config = Config(
-        model=ModelConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=16, depth=1),
+        model=ModelConfig(window=Window(2, 4, 2), hidden_width=16, depth=1),
         optim=OptimConfig(warmup_steps=2),
         train=TrainConfig(epochs=1, batch_size=64, keep_checkpoints=1, max_failures=0),
     )

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from diffpol.diffusion.activations import FastMish
 from diffpol.diffusion.embedding import sinusoidal_embedding, sinusoidal_frequencies
 from diffpol.diffusion.sampling_loop import (
+    Denoiser,
     MlpDenoiser,
     SamplingLoop,
     SamplingLoopSpec,
@@ -28,6 +29,7 @@ from diffpol.diffusion.schedules import (
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "Denoiser",
     "FastMish",
     "MlpDenoiser",
     "NoiseScheduleConfig",

@@ -38,7 +38,29 @@ class SamplingLoop(Protocol):
     ) -> torch.Tensor: ...
 
 
-class MlpDenoiser(Protocol):
+class Denoiser(Protocol):
+    """A conditional denoiser split by input, so that a sampler computes the observation's
+    term once per call and each step's timestep term from constants::
+
+        denoise(x [B, T*act_dim], encode_condition(obs [B, To*obs_dim]) [B, C],
+                time_terms(time_features [S, time_embed_dim])[i] [C]) -> [B, T*act_dim]
+
+    where x is the flat sample (the noisy action chunk, time-major), C the denoiser's own
+    conditioning width and ``time_features`` the sinusoidal embedding of S timesteps.
+    Both the trainer's MLP and its temporal U-Net have this form."""
+
+    time_embed_dim: int
+
+    def encode_condition(self, obs_flat: torch.Tensor) -> torch.Tensor: ...
+
+    def time_terms(self, time_features: torch.Tensor) -> torch.Tensor: ...
+
+    def denoise(
+        self, x_flat: torch.Tensor, cond_term: torch.Tensor, time_term: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class MlpDenoiser(Denoiser, Protocol):
     """An MLP denoiser whose first layer is split by input (a sum of three ``nn.Linear``):
     ``out(act(...act(in_sample(x) + in_cond(obs) + in_time(emb_t))...))`` over the flat
     sample x [B, T*act_dim], the flat normalised observations obs [B, To*obs_dim] and the
@@ -87,11 +109,13 @@ class StepUpdate:
 # eq=False: fields hold a module and a tensor, which have no value equality.
 @dataclass(frozen=True, eq=False)
 class SamplingLoopSpec:
-    """A denoising loop in numbers: step i computes ``m = denoiser.denoise(x, in_cond(obs),
-    in_time(time_features[i]))`` and then ``updates[i]``; the last step's x is the action
-    chunk (normalised, flat)."""
+    """A denoising loop in numbers: step i computes ``m = denoiser.denoise(x,
+    denoiser.encode_condition(obs), denoiser.time_terms(time_features)[i])`` and then
+    ``updates[i]``; the last step's x is the action chunk (normalised, flat). The denoiser
+    is any ``Denoiser``; exporters that need more (the ReLU-network builder needs an
+    ``MlpDenoiser`` with ReLU) check for it."""
 
-    denoiser: MlpDenoiser
+    denoiser: Denoiser
     time_features: torch.Tensor  # [steps, time_embed_dim]: each step's timestep embedded
     updates: tuple[StepUpdate, ...]
     clip_range: float | None  # x0 estimate clipped to [-r, r], or not clipped

@@ -146,3 +146,66 @@ class BadPolicy:
 def test_bad_policy_output_is_named(output, message):
     with pytest.raises(ContractError, match=message):
         run(BadPolicy(output), "Pendulum-v1", [0, 1])
+
+
+class ChunkLogger:
+    """A To=2, T=16, Ta=8 policy (Chi et al.'s window) that remembers what it was given and
+    what it returned; action k of call c is ``0.1 * k + 0.01 * c``, so every executed action
+    names its call and its position in the chunk."""
+
+    def __init__(self):
+        self.spec = PolicySpec(3, 1, n_obs_steps=2, n_action_steps=8)
+        self.histories, self.chunks = [], []
+
+    def act(self, obs, seed=None):
+        self.histories.append(obs.copy())
+        call = len(self.chunks)
+        # The policy's whole horizon of 16; the evaluator is given (and may run) only Ta.
+        chunk = 0.1 * np.arange(16, dtype=np.float32) + 0.01 * call
+        chunk = np.broadcast_to(chunk[None, :8, None], (obs.shape[0], 8, 1)).copy()
+        self.chunks.append(chunk)
+        return chunk
+
+
+class StepLogger(VectorEnvAdapter):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.actions, self.observations = [], []
+
+    def reset(self):
+        obs = super().reset()
+        self.observations.append(obs)
+        return obs
+
+    def step(self, actions):
+        self.actions.append(np.array(actions))
+        result = super().step(actions)
+        self.observations.append(result[0])
+        return result
+
+
+def test_a_chunked_policy_executes_exactly_ta_actions_per_call():
+    policy, seeds = ChunkLogger(), [0, 1]
+    env = StepLogger("Pendulum-v1", seeds, "numpy")
+    try:
+        result = run_chunk(
+            policy,
+            env,
+            SeedChunk(tuple(seeds)),
+            noise_seed=0,
+            view=task_view("Pendulum-v1"),
+            max_steps=200,
+        )
+    finally:
+        env.close()
+    assert result.lengths.tolist() == [200, 200]
+    assert result.policy_calls == len(policy.chunks) == 200 // 8
+    executed = np.stack(env.actions)  # [steps, B, 1]
+    for step, actions in enumerate(executed):
+        call, k = divmod(step, 8)
+        np.testing.assert_array_equal(actions, policy.chunks[call][:, k])
+    # Each call sees the last To observations, the first call its reset observation twice.
+    for call, history in enumerate(policy.histories):
+        latest = env.observations[8 * call]
+        previous = env.observations[max(8 * call - 1, 0)]
+        np.testing.assert_array_equal(history, np.stack([previous, latest], axis=1))

@@ -1,7 +1,9 @@
 """Named settings of the end-to-end pipeline (``main.py --preset``).
 
 ``default`` is the real run (chosen by measurement: see benchmarks/RESULTS.md); ``quick``
-exercises every stage in about a minute, for tests and a first look.
+exercises every stage in about a minute, for tests and a first look. ``quick-unet`` is
+``quick`` with action chunks (Chi et al.'s To=2, T=16, Ta=8) and the temporal U-Net
+denoiser, on the same data.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from diffpol.contracts import Window
 from diffpol.trainer.config import Config, ModelConfig, OptimConfig, TrainConfig
 
 
@@ -20,7 +23,6 @@ class Preset:
     noise_max: float = 1.0
     episodes: int = 500
     rollout_actors: int = 2
-    # Samples: observation history To and action chunk T (the model's To and T).
     val_fraction: float = 0.1
     # The diffusion policy and the two baselines trained on the same samples.
     config: Config = field(default_factory=Config)
@@ -31,6 +33,12 @@ class Preset:
     ddpm_steps: int = 100
     # Slow PyTorch-side baselines (DDPM-100 in eager mode) are compared on fewer seeds.
     torch_eval_seeds: str = "100000:100200"
+
+    @property
+    def window(self) -> Window:
+        """The one time window of the run: preprocess builds its samples with it and the
+        model is configured with it."""
+        return self.config.model.window
 
 
 PRESETS: dict[str, Preset] = {
@@ -43,6 +51,21 @@ PRESETS: dict[str, Preset] = {
         rollout_actors=1,
         config=Config(
             model=ModelConfig(hidden_width=64, depth=2),
+            optim=OptimConfig(warmup_steps=10),
+            train=TrainConfig(epochs=2, batch_size=256),
+        ),
+        baseline_epochs=1,
+        eval_seeds="100000:100016",
+        torch_eval_seeds="100000:100008",
+        ddpm_steps=20,
+    ),
+    "quick-unet": Preset(
+        episodes=24,
+        rollout_actors=1,
+        config=Config(
+            model=ModelConfig(
+                window=Window(n_obs_steps=2, horizon=16, n_action_steps=8), denoiser="unet"
+            ),
             optim=OptimConfig(warmup_steps=10),
             train=TrainConfig(epochs=2, batch_size=256),
         ),

@@ -179,21 +179,29 @@ def make_samples(
     from diffpol.contracts.samples import SAMPLES_FILE, load_samples
     from diffpol.preprocess import PreprocessConfig, preprocess
 
-    model = preset.config.model
+    window = preset.window
     if (samples_dir / SAMPLES_FILE).exists():
         info = load_samples(samples_dir).info
-        if (info.window.n_obs_steps, info.window.horizon) == (model.n_obs_steps, model.horizon):
+        if info.window == window:
             log(f"reusing the samples in {samples_dir}")
             return samples_dir
     config = PreprocessConfig(
-        n_obs_steps=model.n_obs_steps,
-        horizon=model.horizon,
+        window=window,
         val_fraction=preset.val_fraction,
         seed=seed,
         progress=ray_progress,
     )
     preprocess([dataset], samples_dir, config, overwrite=True)
     return samples_dir
+
+
+def _denoiser(model: ModelConfig) -> str:
+    if model.denoiser == "unet":
+        return (
+            f"temporal U-Net {'/'.join(map(str, model.unet_down_dims))} "
+            f"(kernel {model.unet_kernel_size})"
+        )
+    return f"MLP {model.depth} x {model.hidden_width} ({model.activation})"
 
 
 def policy_config(preset: Preset, policy_type: PolicyType, *, seed: int) -> Config:
@@ -447,9 +455,9 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "## What ran",
         "",
         f"- data: {summary['data_description']}",
-        f"- model: {model.policy_type}, To={model.n_obs_steps}, T={model.horizon}, "
-        f"Ta={model.n_action_steps}, MLP {model.depth} x {model.hidden_width} "
-        f"({model.activation}), {model.schedule.beta_schedule} schedule with "
+        f"- model: {model.policy_type}, To={model.window.n_obs_steps}, "
+        f"T={model.window.horizon}, Ta={model.window.n_action_steps}, {_denoiser(model)}, "
+        f"{model.schedule.beta_schedule} schedule with "
         f"{model.schedule.num_train_timesteps} steps, {preset.config.train.epochs} epochs",
         f"- baselines: {', '.join(BASELINES)} ({preset.baseline_epochs} epochs)",
         "- stage seconds: "

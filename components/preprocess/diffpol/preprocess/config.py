@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+
+from diffpol.contracts import Window
+from diffpol.contracts.shapes import WINDOW_KEYS
 
 NormMode = Literal["minmax", "standard"]
 NORM_MODES: tuple[str, ...] = ("minmax", "standard")
@@ -23,10 +27,10 @@ class PreprocessConfig:
       data sits near 0), which min/max would.
     """
 
-    # Observations in the history ending at each step (To).
-    n_obs_steps: int = 2
-    # Actions in each training chunk, starting at the step (T).
-    horizon: int = 16
+    # The observation history ending at each step (To), the action chunk starting at it
+    # (T), and the actions a policy executes per call (Ta, recorded for the trainer).
+    # Chi et al.'s defaults.
+    window: Window = field(default_factory=lambda: Window(2, 16, 8))
     # Share of episodes (not rows) held out for validation.
     val_fraction: float = 0.1
     # Seeds the episode split and the shuffle; the same seed gives the same split.
@@ -47,7 +51,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("n_obs_steps", "horizon", "rows_per_file", "shuffle_group_rows"):
+        if not isinstance(self.window, Window):
+            problems.append(f"window must be a diffpol.contracts.Window, got {self.window!r}")
+        for name in ("rows_per_file", "shuffle_group_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
@@ -65,3 +71,23 @@ class PreprocessConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PreprocessConfig:
+        """A config from ``to_json``'s form, or from the flat ``n_obs_steps``/``horizon``
+        keys that configs written before ``Window`` hold (Ta was not recorded: 1)."""
+        raw = dict(raw)
+        flat = {key: raw.pop(key) for key in WINDOW_KEYS if key in raw}
+        if flat and "window" in raw:
+            raise ValueError(
+                f"PreprocessConfig: both a window and flat {', '.join(flat)} given; "
+                "keep only the window"
+            )
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"PreprocessConfig: unknown field(s) {', '.join(unknown)}")
+        if flat:
+            raw["window"] = Window(**flat)
+        elif "window" in raw:
+            raw["window"] = Window.from_json(raw["window"])
+        return cls(**raw)

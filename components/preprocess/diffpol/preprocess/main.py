@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from diffpol.contracts import Window
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.ray_session import ray_session
 from diffpol.preprocess.config import NORM_MODES, PreprocessConfig
@@ -41,16 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-obs-steps",
         type=int,
-        default=_DEFAULTS.n_obs_steps,
+        default=_DEFAULTS.window.n_obs_steps,
         metavar="To",
-        help=f"observation history length (default {_DEFAULTS.n_obs_steps})",
+        help=f"observation history length (default {_DEFAULTS.window.n_obs_steps})",
     )
     p.add_argument(
         "--horizon",
         type=int,
-        default=_DEFAULTS.horizon,
+        default=_DEFAULTS.window.horizon,
         metavar="T",
-        help=f"action chunk length (default {_DEFAULTS.horizon})",
+        help=f"action chunk length (default {_DEFAULTS.window.horizon})",
+    )
+    p.add_argument(
+        "--n-action-steps",
+        type=int,
+        default=None,
+        metavar="Ta",
+        help="actions a policy executes per call, recorded in samples.json "
+        f"(default {_DEFAULTS.window.n_action_steps}, or T when T is smaller)",
     )
     p.add_argument(
         "--val-fraction",
@@ -112,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = PreprocessConfig(
-            n_obs_steps=args.n_obs_steps,
-            horizon=args.horizon,
+            window=Window(
+                n_obs_steps=args.n_obs_steps,
+                horizon=args.horizon,
+                n_action_steps=(
+                    args.n_action_steps
+                    if args.n_action_steps is not None
+                    else min(_DEFAULTS.window.n_action_steps, args.horizon)
+                ),
+            ),
             val_fraction=args.val_fraction,
             seed=args.seed,
             obs_norm=args.obs_norm,

@@ -36,6 +36,7 @@ def test_missing_required_arguments_exit_2(capsys, tmp_path):
         (["--val-fraction", "1.5"], "val_fraction must be in [0, 1)"),
         (["--horizon", "0"], "horizon must be an integer >= 1"),
         (["--n-obs-steps", "-1"], "n_obs_steps must be an integer >= 1"),
+        (["--horizon", "4", "--n-action-steps", "5"], "exceeds horizon"),
         (["--seed", "-3"], "seed must be an integer >= 0"),
         (["--num-cpus", "0"], "--num-cpus must be >= 1"),
     ],

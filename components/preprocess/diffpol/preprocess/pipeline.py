@@ -43,7 +43,6 @@ from diffpol.contracts.samples import (
     SplitInfo,
     sample_schema,
 )
-from diffpol.contracts.shapes import Window
 from diffpol.preprocess.config import PreprocessConfig
 from diffpol.preprocess.ray_settings import pipeline_data_context
 from diffpol.preprocess.sources import INPUT_COLUMNS, Sources, open_sources
@@ -155,8 +154,8 @@ def split_samples(
         samples_for_group,
         batch_format="pyarrow",
         fn_kwargs={
-            "n_obs_steps": config.n_obs_steps,
-            "horizon": config.horizon,
+            "n_obs_steps": config.window.n_obs_steps,
+            "horizon": config.window.horizon,
             "obs_normalizer": normalizer.obs,
             "action_normalizer": normalizer.action,
             "expected_lengths": (plan.ids, plan.lengths),
@@ -177,7 +176,7 @@ def write_split(
     """Write one split's samples under ``staging/plan.name``; return the files, relative."""
     directory = staging / plan.name
     schema = sample_schema(
-        config.n_obs_steps, config.horizon, sources.env.obs_dim, sources.env.act_dim
+        config.window.n_obs_steps, config.window.horizon, sources.env.obs_dim, sources.env.act_dim
     )
     if plan.episodes == 0:
         # An empty split still gets one (empty) file, so readers see the schema.
@@ -251,7 +250,7 @@ def _samples_info(
     return SamplesInfo(
         version=SAMPLES_VERSION,
         env=manifest.env,
-        window=Window(config.n_obs_steps, config.horizon, 1),
+        window=config.window,
         label=label,
         label_rows={"expert_action": expert_rows, "action": action_rows},
         normalizer={"obs": normalizer.obs.mode, "action": normalizer.action.mode},

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from diffpol.contracts import Window
 from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.dataset import data_files
 from diffpol.contracts.errors import ContractError
@@ -22,7 +23,7 @@ from diffpol.preprocess.windows import label_values
 
 LENGTHS = [30, 1, 17, 40, 25, 9, 33, 12, 20, 3]
 CONFIG = PreprocessConfig(
-    n_obs_steps=3, horizon=5, val_fraction=0.3, seed=7, shuffle_group_rows=60, progress=False
+    window=Window(3, 5), val_fraction=0.3, seed=7, shuffle_group_rows=60, progress=False
 )
 
 
@@ -67,7 +68,7 @@ def reference_windows(raw: pa.Table, n_obs_steps: int, horizon: int) -> dict:
 
 def assert_samples_match_reference(out_dir: Path, raw: pa.Table, config: PreprocessConfig):
     samples = load_samples(out_dir)
-    expected = reference_windows(raw, config.n_obs_steps, config.horizon)
+    expected = reference_windows(raw, config.window.n_obs_steps, config.window.horizon)
     seen = {}
     for split in ("train", "val"):
         table = read_split(out_dir, split)
@@ -100,7 +101,8 @@ def test_samples_json_counts_match_the_files(result, dataset):
     info = json.loads((result.out_dir / "samples.json").read_text())
     assert info["version"] == 2
     assert (info["env_id"], info["obs_dim"], info["act_dim"]) == ("Pendulum-v1", 3, 1)
-    assert (info["n_obs_steps"], info["horizon"]) == (3, 5)
+    assert (info["n_obs_steps"], info["horizon"], info["n_action_steps"]) == (3, 5, 1)
+    assert info["config"]["window"] == {"n_obs_steps": 3, "horizon": 5, "n_action_steps": 1}
     assert (info["action_low"], info["action_high"]) == ([-2.0], [2.0])
     assert info["val"]["episodes"] == 3 and info["train"]["episodes"] == 7  # 30% of 10
     for split in ("train", "val"):
@@ -126,8 +128,7 @@ def test_samples_json_counts_match_the_files(result, dataset):
 )
 def test_normalizer_equals_numpy_over_all_data(ray_local, dataset, tmp_path, obs_norm, action_norm):
     config = PreprocessConfig(
-        n_obs_steps=2,
-        horizon=2,
+        window=Window(2, 2),
         val_fraction=0.2,
         obs_norm=obs_norm,
         action_norm=action_norm,
@@ -168,7 +169,7 @@ def test_several_datasets_are_combined(ray_local, tmp_path):
     write_synthetic_dataset(
         tmp_path / "b", [7, 9], first_episode_id=1000, seed=2, expert_label=False
     )
-    config = PreprocessConfig(n_obs_steps=2, horizon=3, val_fraction=0.2, progress=False)
+    config = PreprocessConfig(window=Window(2, 3), val_fraction=0.2, progress=False)
     result = preprocess([tmp_path / "a", tmp_path / "b"], tmp_path / "out", config)
     assert result.info.train.rows + result.info.val.rows == 41
     assert result.info.train.episodes + result.info.val.episodes == 5
@@ -182,7 +183,7 @@ def test_an_episode_spread_over_two_files_is_windowed_correctly(ray_local, tmp_p
     table = synthetic_episodes([10, 6, 11])
     # Episode 1 (rows 10..15) starts in the first part file and ends in the second.
     write_dataset(tmp_path / "d", [table.slice(0, 13), table.slice(13)])
-    config = PreprocessConfig(n_obs_steps=4, horizon=8, val_fraction=0.0, progress=False)
+    config = PreprocessConfig(window=Window(4, 8), val_fraction=0.0, progress=False)
     preprocess([tmp_path / "d"], tmp_path / "out", config)
     assert_samples_match_reference(tmp_path / "out", table, config)
 
@@ -285,7 +286,7 @@ def test_sample_datasets_reads_both_splits_with_ray(result):
 
 
 def test_no_validation_split_gives_an_empty_readable_val(ray_local, dataset, tmp_path):
-    config = PreprocessConfig(n_obs_steps=2, horizon=4, val_fraction=0.0, progress=False)
+    config = PreprocessConfig(window=Window(2, 4), val_fraction=0.0, progress=False)
     result = preprocess([dataset], tmp_path / "out", config)
     assert (result.info.val.rows, result.info.val.episodes) == (0, 0)
     assert result.info.train.rows == sum(LENGTHS)

@@ -164,3 +164,20 @@ def test_empty_input_gives_an_empty_table_with_the_sample_schema():
     samples = windows(synthetic_episodes([]))
     assert samples.num_rows == 0
     assert samples.schema.names == ["episode_id", "step", "obs", "action"]
+
+
+def test_chi_et_al_windows_pad_the_first_obs_before_and_the_last_action_after():
+    # To=2, T=16 (Chi et al.'s defaults) on a 20-step episode: the chunk starting at step
+    # 10 holds the episode's last 10 labels, then the last one repeated 6 times.
+    table = synthetic_episodes([20], obs_dim=3, act_dim=1)
+    obs_rows = [r["obs"] for r in table.to_pylist()]
+    labels = [v[0] for v in table.column("expert_action").to_pylist()]
+    got = rows_by_key(windows(table, n_obs_steps=2, horizon=16))
+    assert len(got) == 20
+    first = got[(0, 0)]
+    assert first["obs"] == pytest.approx(obs_rows[0] + obs_rows[0])
+    assert first["action"] == pytest.approx(labels[:16])
+    tail = got[(0, 10)]
+    assert tail["obs"] == pytest.approx(obs_rows[9] + obs_rows[10])
+    assert tail["action"] == pytest.approx(labels[10:] + [labels[19]] * 6)
+    assert got[(0, 19)]["action"] == pytest.approx([labels[19]] * 16)

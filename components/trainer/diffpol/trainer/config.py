@@ -11,10 +11,14 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from diffpol.contracts import Window
+from diffpol.contracts.shapes import WINDOW_KEYS
 from diffpol.diffusion import NoiseScheduleConfig
 
 PolicyType = Literal["diffusion", "bc", "seed-tutorial"]
 Activation = Literal["relu", "silu", "mish"]
+DenoiserType = Literal["mlp", "unet"]
+DENOISERS: tuple[str, ...] = ("mlp", "unet")
 POLICY_TYPES: tuple[str, ...] = ("diffusion", "bc", "seed-tutorial")
 ACTIVATIONS: tuple[str, ...] = ("relu", "silu", "mish")
 
@@ -38,13 +42,21 @@ class ModelConfig:
     """
 
     policy_type: PolicyType = "diffusion"
-    n_obs_steps: int = 2  # To
-    horizon: int = 1  # T: actions predicted per call
-    n_action_steps: int = 1  # Ta: actions executed before re-planning (receding horizon)
+    # To=2 observations seen, T=1 action predicted, Ta=1 executed before re-planning.
+    window: Window = field(default_factory=lambda: Window(n_obs_steps=2))
+    # The diffusion policy's denoiser: an MLP over the flat chunk (hidden_width, depth,
+    # activation), or a temporal U-Net over it (unet_*: diffpol.trainer.unet). BC and the
+    # seed tutorial are MLPs whatever this says.
+    denoiser: DenoiserType = "mlp"
     hidden_width: int = 64
     depth: int = 3  # hidden layers
     time_embed_dim: int = 32
     activation: Activation = "relu"
+    # U-Net channels per level (the chunk is halved between levels, so the horizon must be
+    # divisible by 2**(levels - 1)), convolution kernel and GroupNorm groups.
+    unet_down_dims: tuple[int, ...] = (32, 64, 128)
+    unet_kernel_size: int = 5
+    unet_groups: int = 8
     schedule: NoiseScheduleConfig = field(
         default_factory=lambda: NoiseScheduleConfig(prediction_type="sample")
     )
@@ -54,12 +66,36 @@ class ModelConfig:
             self.policy_type in POLICY_TYPES,
             f"policy_type must be one of {', '.join(POLICY_TYPES)}, got {self.policy_type!r}",
         )
-        _require(self.n_obs_steps >= 1, f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
-        _require(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         _require(
-            1 <= self.n_action_steps <= self.horizon,
-            f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}",
+            isinstance(self.window, Window),
+            f"window must be a diffpol.contracts.Window, got {self.window!r}",
         )
+        _require(
+            self.denoiser in DENOISERS,
+            f"denoiser must be one of {', '.join(DENOISERS)}, got {self.denoiser!r}",
+        )
+        object.__setattr__(self, "unet_down_dims", tuple(self.unet_down_dims))
+        _require(
+            len(self.unet_down_dims) >= 1 and all(d >= 1 for d in self.unet_down_dims),
+            f"unet_down_dims must be one or more channel counts >= 1, got {self.unet_down_dims}",
+        )
+        _require(
+            self.unet_kernel_size >= 1 and self.unet_kernel_size % 2 == 1,
+            f"unet_kernel_size must be an odd number >= 1, got {self.unet_kernel_size}",
+        )
+        _require(
+            self.unet_groups >= 1 and all(d % self.unet_groups == 0 for d in self.unet_down_dims),
+            f"unet_groups ({self.unet_groups}) must divide every unet_down_dims entry "
+            f"{self.unet_down_dims}",
+        )
+        if self.denoiser == "unet" and isinstance(self.window, Window):
+            halvings = len(self.unet_down_dims) - 1
+            _require(
+                self.window.horizon % 2**halvings == 0,
+                f"a U-Net with {len(self.unet_down_dims)} levels halves the chunk "
+                f"{halvings} times: the horizon (T={self.window.horizon}) must be divisible "
+                f"by {2**halvings}; use fewer unet_down_dims or a longer horizon",
+            )
         _require(self.hidden_width >= 1, f"hidden_width must be >= 1, got {self.hidden_width}")
         _require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
         _require(
@@ -176,7 +212,19 @@ class Config:
 
 
 def model_config_from_json(raw: dict[str, Any]) -> ModelConfig:
-    return _build(ModelConfig, raw, schedule=_build(NoiseScheduleConfig, raw["schedule"]))
+    """A ``ModelConfig`` from its JSON: the window nested (``{"window": {...}}``) or, as
+    checkpoints written before ``Window`` have it, flat ``n_obs_steps``/``horizon``/
+    ``n_action_steps`` keys."""
+    raw = dict(raw)
+    flat = {key: raw.pop(key) for key in WINDOW_KEYS if key in raw}
+    if flat and "window" in raw:
+        raise ValueError(
+            f"ModelConfig: both a window and flat {', '.join(flat)} given; keep only the window"
+        )
+    window = raw.pop("window", None)
+    window = Window(**flat) if flat else Window.from_json(window) if window is not None else None
+    extra = {"window": window} if window is not None else {}
+    return _build(ModelConfig, raw, schedule=_build(NoiseScheduleConfig, raw["schedule"]), **extra)
 
 
 def _build(cls, raw: dict[str, Any], **overrides):

@@ -45,8 +45,7 @@ class TrainingData:
             "path": str(self.root),
             "fingerprint": self.fingerprint,
             **info.env.to_json(),
-            "n_obs_steps": info.window.n_obs_steps,
-            "horizon": info.window.horizon,
+            **info.window.to_json(),
             "label": info.label,
             "train_rows": info.train.rows,
             "val_rows": info.val.rows,
@@ -73,13 +72,15 @@ def fingerprint_samples(samples: Samples) -> str:
 def check_model_matches(config: ModelConfig, data: TrainingData) -> None:
     """The samples' windows must be the ones the model is built for."""
     window = data.info.window
-    if (config.n_obs_steps, config.horizon) != (window.n_obs_steps, window.horizon):
+    # Ta is the model's own choice at inference: any Ta <= T trains on the same samples.
+    model = config.window
+    if (model.n_obs_steps, model.horizon) != (window.n_obs_steps, window.horizon):
         raise ValueError(
             f"{data.root} holds windows of n_obs_steps={window.n_obs_steps}, "
             f"horizon={window.horizon}, but the model is configured for "
-            f"n_obs_steps={config.n_obs_steps}, horizon={config.horizon}: preprocess with "
-            "matching window sizes, or set ModelConfig(n_obs_steps=..., horizon=...) to the "
-            "samples' values"
+            f"n_obs_steps={model.n_obs_steps}, horizon={model.horizon}: preprocess with "
+            "matching window sizes, or set ModelConfig(window=Window(n_obs_steps=..., "
+            "horizon=..., n_action_steps=...)) to the samples' values"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from diffpol.contracts import Window
 from diffpol.contracts.errors import ContractError
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.data import check_model_matches, open_training_data
@@ -34,9 +35,9 @@ def test_fingerprint_changes_with_the_data(samples):
 
 def test_model_windows_must_match_the_samples(samples):
     data = open_training_data(samples)
-    check_model_matches(ModelConfig(n_obs_steps=2, horizon=3), data)
+    check_model_matches(ModelConfig(window=Window(2, 3)), data)
     with pytest.raises(ValueError, match="horizon=3"):
-        check_model_matches(ModelConfig(n_obs_steps=2, horizon=1), data)
+        check_model_matches(ModelConfig(window=Window(2, 1)), data)
 
 
 def test_a_directory_without_samples_is_refused(tmp_path):

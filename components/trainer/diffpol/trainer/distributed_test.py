@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from diffpol.contracts import Window
 from diffpol.trainer import Config, ModelConfig, OptimConfig, TrainConfig, train
 from diffpol.trainer.distributed import GradientAverager, all_reduce_sum, world_rank
 from diffpol.trainer.synthetic import bimodal_samples, write_samples
@@ -72,7 +73,7 @@ def test_two_workers_train_equal_replicas_on_their_own_shards(ray_local, tmp_pat
     obs, action = bimodal_samples(600, n_obs_steps=1, horizon=1, seed=2)
     samples = write_samples(tmp_path / "samples", obs, action, val_fraction=0.0)
     config = Config(
-        model=ModelConfig(n_obs_steps=1, horizon=1, hidden_width=16, depth=1),
+        model=ModelConfig(window=Window(1, 1), hidden_width=16, depth=1),
         optim=OptimConfig(warmup_steps=1),
         train=TrainConfig(epochs=2, batch_size=50, workers=2, cpus_per_worker=0.5, max_failures=0),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 
+from diffpol.contracts import Window
 from diffpol.trainer import (
     Config,
     ModelConfig,
@@ -24,7 +25,7 @@ def small_run(samples_dir, epochs: int):
     obs, action = bimodal_samples(400, seed=5)
     samples = write_samples(samples_dir, obs, action, val_fraction=0.25)
     config = Config(
-        model=ModelConfig(n_obs_steps=1, horizon=1, hidden_width=16, depth=1),
+        model=ModelConfig(window=Window(1, 1), hidden_width=16, depth=1),
         optim=OptimConfig(warmup_steps=1),
         train=TrainConfig(epochs=epochs, batch_size=100, max_failures=1, keep_checkpoints=1),
     )

@@ -21,6 +21,7 @@ from diffpol.diffusion.activations import FastMish
 from diffpol.diffusion.embedding import sinusoidal_embedding, sinusoidal_frequencies
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
+from diffpol.trainer.unet import ConditionalUnet1D
 
 
 def make_activation(name: str) -> nn.Module:
@@ -64,8 +65,11 @@ class ConditionalMLPDenoiser(nn.Module):
     def encode_condition(self, obs_flat: torch.Tensor) -> torch.Tensor:
         return self.in_cond(obs_flat)
 
+    def time_terms(self, time_features: torch.Tensor) -> torch.Tensor:
+        return self.in_time(time_features)
+
     def encode_time(self, t: torch.Tensor) -> torch.Tensor:
-        return self.in_time(sinusoidal_embedding(t, self.time_embed_dim, self.time_freqs))
+        return self.time_terms(sinusoidal_embedding(t, self.time_embed_dim, self.time_freqs))
 
     def denoise(
         self, x_flat: torch.Tensor, cond_term: torch.Tensor, time_term: torch.Tensor
@@ -77,6 +81,31 @@ class ConditionalMLPDenoiser(nn.Module):
 
     def forward(self, x_flat: torch.Tensor, obs_flat: torch.Tensor, t: torch.Tensor):
         return self.denoise(x_flat, self.encode_condition(obs_flat), self.encode_time(t))
+
+
+def build_denoiser(
+    config: ModelConfig, cond_dim: int, act_dim: int
+) -> ConditionalMLPDenoiser | ConditionalUnet1D:
+    """The diffusion policy's denoiser that ``config.denoiser`` names."""
+    horizon = config.window.horizon
+    if config.denoiser == "unet":
+        return ConditionalUnet1D(
+            act_dim,
+            horizon,
+            cond_dim,
+            config.time_embed_dim,
+            config.unet_down_dims,
+            config.unet_kernel_size,
+            config.unet_groups,
+        )
+    return ConditionalMLPDenoiser(
+        horizon * act_dim,
+        cond_dim,
+        config.hidden_width,
+        config.depth,
+        config.time_embed_dim,
+        config.activation,
+    )
 
 
 def _mlp(in_dim: int, out_dim: int, width: int, depth: int, activation: str) -> nn.Sequential:
@@ -92,8 +121,8 @@ class _PolicyModel(nn.Module):
         super().__init__()
         self.config = config
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.cond_dim = config.n_obs_steps * obs_dim
-        self.sample_dim = config.horizon * act_dim
+        self.cond_dim = config.window.n_obs_steps * obs_dim
+        self.sample_dim = config.window.horizon * act_dim
 
 
 class DiffusionPolicyModel(_PolicyModel):
@@ -101,14 +130,7 @@ class DiffusionPolicyModel(_PolicyModel):
 
     def __init__(self, config: ModelConfig, obs_dim: int, act_dim: int) -> None:
         super().__init__(config, obs_dim, act_dim)
-        self.denoiser = ConditionalMLPDenoiser(
-            self.sample_dim,
-            self.cond_dim,
-            config.hidden_width,
-            config.depth,
-            config.time_embed_dim,
-            config.activation,
-        )
+        self.denoiser = build_denoiser(config, self.cond_dim, act_dim)
         self.noise_scheduler = DDPMScheduler(config.schedule)
 
     def compute_loss(
@@ -131,7 +153,7 @@ class DiffusionPolicyModel(_PolicyModel):
         return DenoisingLoop(
             self.denoiser,
             self.config.schedule,
-            self.config.horizon,
+            self.config.window.horizon,
             self.act_dim,
             sampler=sampler,
             steps=steps,
@@ -155,7 +177,7 @@ class BCPolicyModel(_PolicyModel):
         return F.mse_loss(self(obs), action)
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        return RegressionLoop(self, self.config.horizon, self.act_dim)
+        return RegressionLoop(self, self.config.window.horizon, self.act_dim)
 
 
 class SeedTutorialModel(_PolicyModel):
@@ -181,7 +203,7 @@ class SeedTutorialModel(_PolicyModel):
             nn.ReLU(),
             nn.Linear(128, self.sample_dim),
         )
-        to, t = config.n_obs_steps, config.horizon
+        to, t = config.window.n_obs_steps, config.window.horizon
 
         def flat(values: tuple[float, ...], repeat: int) -> torch.Tensor:
             return torch.tensor([float(v) for v in values] * repeat, dtype=torch.float32)
@@ -216,7 +238,7 @@ class SeedTutorialModel(_PolicyModel):
         return (x - self.act_center) / self.act_scale
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        return SeedTutorialLoop(self, self.SAMPLING_STEPS, self.config.horizon, self.act_dim)
+        return SeedTutorialLoop(self, self.SAMPLING_STEPS, self.config.window.horizon, self.act_dim)
 
 
 PolicyModel = DiffusionPolicyModel | BCPolicyModel | SeedTutorialModel

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from diffpol.contracts import Window
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.diffusion import NoiseScheduleConfig, make_scheduler
 from diffpol.diffusion.embedding import sinusoidal_embedding
@@ -26,7 +27,7 @@ NORMALIZER = Normalizer(
 
 
 def small_config(**kw) -> ModelConfig:
-    base = dict(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=32, depth=2)
+    base = dict(window=Window(2, 4, 2), hidden_width=32, depth=2)
     return ModelConfig(**{**base, **kw})
 
 
@@ -86,7 +87,7 @@ def test_bc_loop_ignores_the_noise_values():
 
 def test_seed_tutorial_loop_is_the_tutorials_sampler():
     torch.manual_seed(0)
-    config = ModelConfig(policy_type="seed-tutorial", n_obs_steps=1, horizon=1, n_action_steps=1)
+    config = ModelConfig(policy_type="seed-tutorial", window=Window(1, 1, 1))
     model = build_policy_model(config, 3, 1, NORMALIZER).eval()
     assert isinstance(model, SeedTutorialModel)
     raw_obs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
@@ -104,7 +105,7 @@ def test_seed_tutorial_loop_is_the_tutorials_sampler():
 
 def test_seed_tutorial_objective_ignores_the_timestep_in_the_noise():
     model = build_policy_model(
-        ModelConfig(policy_type="seed-tutorial", n_obs_steps=1, horizon=1), 3, 1, NORMALIZER
+        ModelConfig(policy_type="seed-tutorial", window=Window(1, 1)), 3, 1, NORMALIZER
     )
     # The best predictor of eps from (action + eps) with action known is exact; the
     # tutorial's loss is an MSE against unit-variance noise whatever t: finite and ~1 at init.
@@ -151,9 +152,7 @@ def test_diffusion_keeps_both_modes_where_bc_collapses_to_the_mean():
     obs = torch.tensor(obs_np).flatten(1)
     action = torch.tensor(action_np).flatten(1) / 1.2  # into [-1, 1]
     config = ModelConfig(
-        n_obs_steps=1,
-        horizon=1,
-        n_action_steps=1,
+        window=Window(1, 1, 1),
         hidden_width=64,
         depth=2,
         schedule=NoiseScheduleConfig(num_train_timesteps=50),
@@ -161,7 +160,7 @@ def test_diffusion_keeps_both_modes_where_bc_collapses_to_the_mean():
     diffusion = _fit(build_policy_model(config, 3, 1, NORMALIZER), obs, action, steps=1500)
     bc = _fit(
         build_policy_model(
-            ModelConfig(policy_type="bc", n_obs_steps=1, horizon=1, hidden_width=64, depth=2),
+            ModelConfig(policy_type="bc", window=Window(1, 1), hidden_width=64, depth=2),
             3,
             1,
             NORMALIZER,

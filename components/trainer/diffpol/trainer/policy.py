@@ -137,7 +137,7 @@ def load_policy(
         loop=loop,
         normalizer=contents.normalizer,
         env=EnvShape.from_json(data),
-        window=Window(config.model.n_obs_steps, config.model.horizon, config.model.n_action_steps),
+        window=config.model.window,
         config=config,
         model_version=f"{config.model.policy_type}-e{contents.meta.epochs_completed}-{digest[:12]}",
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from diffpol.contracts import Policy, draw_sampler_noise
+from diffpol.contracts import Policy, PolicySpec, Window, draw_sampler_noise
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.trainer import CheckpointError, Config, ModelConfig, load_policy
@@ -55,7 +56,7 @@ def write_checkpoint(directory, model_config: ModelConfig, seed: int = 0):
     return directory, model, ema.averaged
 
 
-CHUNKED = ModelConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=32, depth=2)
+CHUNKED = ModelConfig(window=Window(2, 4, 2), hidden_width=32, depth=2)
 
 
 def test_policy_acts_like_the_loop_on_the_shared_noise_stream(tmp_path):
@@ -76,6 +77,19 @@ def test_policy_acts_like_the_loop_on_the_shared_noise_stream(tmp_path):
     assert not np.array_equal(policy.act(obs, seed=43), actions)
 
 
+def test_a_checkpoint_with_the_flat_window_keys_still_loads(tmp_path):
+    # config.json as written before ModelConfig held a Window: the keys sit in "model".
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+    path = directory / "config.json"
+    raw = json.loads(path.read_text())
+    raw["model"].update(raw["model"].pop("window"))
+    assert raw["model"]["n_action_steps"] == 2
+    path.write_text(json.dumps(raw))
+    policy = load_policy(directory, steps=5)
+    assert policy.window == Window(2, 4, 2) and policy.config.model == CHUNKED
+    assert policy.act(np.zeros((3, 2, 3), np.float32), seed=0).shape == (3, 2, 1)
+
+
 def test_ddpm_policy_draws_step_noise_and_stays_reproducible(tmp_path):
     directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
     policy = load_policy(directory, sampler="ddpm", steps=20)
@@ -94,7 +108,7 @@ def test_raw_weights_differ_from_the_ema_weights(tmp_path):
 
 @pytest.mark.parametrize("policy_type", ["bc", "seed-tutorial"])
 def test_baselines_load_behind_the_same_interface(tmp_path, policy_type):
-    config = ModelConfig(policy_type=policy_type, n_obs_steps=1, horizon=1)
+    config = ModelConfig(policy_type=policy_type, window=Window(1, 1))
     directory, _, _ = write_checkpoint(tmp_path / policy_type, config)
     policy = load_policy(directory)
     actions = policy.act(np.zeros((4, 1, 3), np.float32), seed=3)
@@ -133,19 +147,54 @@ def test_incomplete_checkpoints_are_named(tmp_path):
         load_policy(directory, sampler="euler")
 
 
-def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path):
-    from diffpol.sampler import OnnxPolicy, export_onnx
+# Chi et al.'s window (To=2, T=16, Ta=8) with a small temporal U-Net.
+UNET = ModelConfig(
+    window=Window(2, 16, 8),
+    denoiser="unet",
+    unet_down_dims=(8, 16, 32),
+    unet_groups=4,
+    time_embed_dim=16,
+)
 
-    directory, _, _ = write_checkpoint(tmp_path / "ckpt", CHUNKED)
+
+@pytest.mark.parametrize("config", [CHUNKED, UNET], ids=["mlp", "unet"])
+def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path, config, caplog):
+    from diffpol.sampler import OnnxPolicy, export_onnx
+    from diffpol.sampler.export import DEFAULT_ATOL
+
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", config)
     policy = load_policy(directory, sampler="ddim", steps=5)
-    path = export_onnx(
-        policy.loop,
-        policy.normalizer,
-        policy.env,
-        policy.window,
-        tmp_path / "policy.onnx",
-        model_version=policy.model_version,
-    )
+    with caplog.at_level("INFO", logger="diffpol.sampler.export"):
+        path = export_onnx(
+            policy.loop,
+            policy.normalizer,
+            policy.env,
+            policy.window,
+            tmp_path / "policy.onnx",
+            model_version=policy.model_version,
+        )
+    # The U-Net loop is traced and slimmed (one graph); only ReLU MLPs become ReLU networks.
+    graph = "relu-network" if config.denoiser == "mlp" else "optimised"
+    assert f"({graph} graph)" in caplog.text
     onnx_policy = OnnxPolicy(path)
+    window = config.window
+    assert onnx_policy.spec == PolicySpec(3, 1, window.n_obs_steps, window.n_action_steps)
     obs = np.random.default_rng(1).normal(0, 1, (16, 2, 3)).astype(np.float32)
-    np.testing.assert_allclose(onnx_policy.act(obs, seed=9), policy.act(obs, seed=9), atol=1e-4)
+    actions = onnx_policy.act(obs, seed=9)
+    assert actions.shape == (16, window.n_action_steps, 1)
+    # Within the export's own bound, in env units (the action scale is 2).
+    np.testing.assert_allclose(actions, policy.act(obs, seed=9), atol=2 * DEFAULT_ATOL)
+
+
+def test_a_unet_checkpoint_acts_like_its_loop(tmp_path):
+    directory, _, ema = write_checkpoint(tmp_path / "ckpt", UNET)
+    policy = load_policy(directory, sampler="ddim", steps=5)
+    assert policy.window == Window(2, 16, 8)
+    obs = np.random.default_rng(0).normal(0, 1, (4, 2, 3)).astype(np.float32)
+    noise, _ = draw_sampler_noise(3, 4, 16, 1, 0)
+    with torch.no_grad():
+        expected = ema.sampling_loop("ddim", 5)(
+            torch.from_numpy(NORMALIZER.obs.normalize(obs)), torch.from_numpy(noise)
+        )[:, :8].numpy()
+    expected = np.clip(NORMALIZER.action.unnormalize(expected), -2, 2)
+    np.testing.assert_allclose(policy.act(obs, seed=3), expected, atol=1e-6)

@@ -12,15 +12,16 @@ from torch import nn
 
 from diffpol.diffusion import NoiseScheduleConfig, SamplingLoopSpec, make_scheduler
 from diffpol.diffusion.embedding import sinusoidal_embedding
-from diffpol.diffusion.sampling_loop import MlpDenoiser
+from diffpol.diffusion.sampling_loop import Denoiser
 
 
 class DenoisingLoop(nn.Module):
-    """DDPM or DDIM sampling of a trained ``ConditionalMLPDenoiser``."""
+    """DDPM or DDIM sampling of a trained denoiser (``diffpol.diffusion.Denoiser``: the
+    MLP or the U-Net)."""
 
     def __init__(
         self,
-        denoiser: MlpDenoiser,
+        denoiser: Denoiser,
         schedule: NoiseScheduleConfig,
         horizon: int,
         act_dim: int,
@@ -69,7 +70,7 @@ class DenoisingLoop(nn.Module):
                 f"pass step_noise [B, {self.step_noise_steps}, {self.horizon}, {self.act_dim}]"
             )
         cond = self.denoiser.encode_condition(obs_norm.flatten(1))
-        time_terms = self.denoiser.in_time(self.time_features)
+        time_terms = self.denoiser.time_terms(self.time_features)
         x = noise.flatten(1)
         k = 0
         for i, t in enumerate(self.timesteps):

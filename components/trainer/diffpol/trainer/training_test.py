@@ -27,7 +27,7 @@ from diffpol.trainer.faults import RecordTrainingStarts
 from diffpol.trainer.synthetic import bimodal_samples, write_samples
 
 CONFIG = Config(
-    model=ModelConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_width=16, depth=1),
+    model=ModelConfig(window=Window(2, 4, 2), hidden_width=16, depth=1),
     optim=OptimConfig(warmup_steps=2),
     train=TrainConfig(epochs=2, batch_size=64, keep_checkpoints=1, max_failures=0),
 )
@@ -140,7 +140,7 @@ def test_a_different_config_under_the_same_run_is_refused(first_run, samples_dir
 
 
 def test_windows_that_do_not_match_the_model_are_refused(ray_local, samples_dir, tmp_path):
-    wrong = dataclasses.replace(CONFIG, model=ModelConfig(n_obs_steps=1, horizon=4))
+    wrong = dataclasses.replace(CONFIG, model=ModelConfig(window=Window(1, 4)))
     with pytest.raises(ValueError, match="n_obs_steps=2, horizon=4"):
         train(samples_dir, tmp_path, wrong)
 
