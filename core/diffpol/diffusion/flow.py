@@ -18,6 +18,7 @@ timestep-sized numbers, not [0, 1].
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Literal
 
@@ -85,7 +86,7 @@ class FlowScheduler:
     def set_timesteps(self, num_inference_steps: int) -> FlowScheduler:
         grid = time_grid(num_inference_steps)
         self.timesteps = grid[:-1]
-        self._dts = [b - a for a, b in zip(grid[:-1], grid[1:], strict=True)]
+        self._dts = [b - a for a, b in itertools.pairwise(grid)]
         return self
 
     @property
