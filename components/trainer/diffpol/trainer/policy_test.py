@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -142,3 +143,34 @@ def test_exported_onnx_sampler_matches_the_torch_policy(tmp_path):
     onnx_policy = OnnxPolicy(path)
     obs = np.random.default_rng(1).normal(0, 1, (16, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(onnx_policy.act(obs, seed=9), policy.act(obs, seed=9), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "objective, sampler, steps, noisy",
+    [("flow", "flow", 2, 0), ("flow", "flow-midpoint", 4, 0), ("consistency", "consistency", 2, 1)],
+)
+def test_few_step_policies_export_and_serve_their_family_and_step_count(
+    tmp_path, objective, sampler, steps, noisy
+):
+    import grpc
+
+    from diffpol.sampler import OnnxPolicy, serve
+    from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
+
+    teacher = "diffusion" if objective == "consistency" else None
+    config = dataclasses.replace(CHUNKED, objective=objective, teacher=teacher)
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", config)
+    with pytest.raises(ValueError, match="samples with"):
+        load_policy(directory, sampler="ddim")
+    policy = load_policy(directory, sampler=sampler, steps=steps)
+    assert (policy.sampler, policy.steps, policy.loop.step_noise_steps) == (sampler, steps, noisy)
+    # export_onnx validates the graph against PyTorch on random inputs before it writes.
+    path = policy.export_onnx(tmp_path / "policy.onnx")
+    onnx_policy = OnnxPolicy(path)
+    obs = np.random.default_rng(2).normal(0, 1, (16, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(onnx_policy.act(obs, seed=4), policy.act(obs, seed=4), atol=1e-4)
+    with serve(path) as server, grpc.insecure_channel(server.address) as channel:
+        info = sampler_pb2_grpc.SamplerServiceStub(channel).GetModelInfo(
+            sampler_pb2.GetModelInfoRequest(), timeout=10
+        )
+    assert (info.sampler, info.steps) == (sampler, steps)

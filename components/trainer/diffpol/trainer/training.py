@@ -282,6 +282,14 @@ def train_many(
     for name in policies:
         if not name or "/" in name:
             raise ValueError(f"a policy name must be non-empty without '/', got {name!r}")
+    names = list(policies)
+    for i, (name, run) in enumerate(policies.items()):
+        teacher = run.config.model.teacher
+        if teacher is not None and teacher not in names[:i]:
+            raise ValueError(
+                f"{name}'s teacher {teacher!r} must be a policy trained before it in the same "
+                f"run (this run trains {', '.join(names)})"
+            )
     runs = {
         name: dataclasses.replace(run, out_dir=Path(run.out_dir).resolve())
         for name, run in policies.items()
