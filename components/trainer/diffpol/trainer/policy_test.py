@@ -153,6 +153,7 @@ def test_few_step_policies_export_and_serve_their_family_and_step_count(
     tmp_path, objective, sampler, steps, noisy
 ):
     import grpc
+    import onnx
 
     from diffpol.sampler import OnnxPolicy, serve
     from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
@@ -166,6 +167,9 @@ def test_few_step_policies_export_and_serve_their_family_and_step_count(
     assert (policy.sampler, policy.steps, policy.loop.step_noise_steps) == (sampler, steps, noisy)
     # export_onnx validates the graph against PyTorch on random inputs before it writes.
     path = policy.export_onnx(tmp_path / "policy.onnx")
+    # Euler and consistency steps are StepUpdates: the ReLU-network exporter builds them.
+    relu = onnx.load(path).graph.name == "diffpol_relu_sampler"
+    assert relu == (sampler != "flow-midpoint")
     onnx_policy = OnnxPolicy(path)
     obs = np.random.default_rng(2).normal(0, 1, (16, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(onnx_policy.act(obs, seed=4), policy.act(obs, seed=4), atol=1e-4)
