@@ -42,6 +42,15 @@ def test_objectives_build_their_models_and_config_is_validated():
         ModelConfig(policy_type="bc", objective="flow")
 
 
+def test_a_ddpm_runs_identity_is_what_it_was_before_objectives_existed():
+    from diffpol.trainer import Config
+    from diffpol.trainer.training import run_identity
+
+    assert "objective" not in run_identity(Config(), "f" * 64)["model"]
+    flow = Config(model=small("flow"))
+    assert run_identity(flow, "f" * 64)["model"]["objective"] == "flow"
+
+
 def test_flow_loss_is_the_velocity_regression_of_the_denoiser():
     torch.manual_seed(0)
     model = build_policy_model(small("flow"), 3, 1, NORMALIZER)

@@ -107,8 +107,13 @@ def run_identity(config: Config, dataset_fingerprint: str) -> dict[str, Any]:
     """What must not change between attempts of one run (epochs and resources may), in
     its JSON form (tuples as lists) so that stored and current identities compare."""
     raw = config.to_json()
+    model = dict(raw["model"])
+    # The objective fields at their defaults leave the identity of runs started before
+    # they existed unchanged, so those runs still resume.
+    if model.get("objective") == "ddpm" and model.get("teacher") is None:
+        del model["objective"], model["teacher"]
     identity = {
-        "model": raw["model"],
+        "model": model,
         "optim": raw["optim"],
         "batch_size": config.train.batch_size,
         "seed": config.train.seed,
