@@ -69,3 +69,34 @@ def test_rows_compare_against_ddim_10_and_the_front_keeps_the_undominated():
 
 def test_a_choice_names_itself():
     assert SamplerChoice("flow-midpoint", 4).name == "flow-midpoint-4"
+
+
+def test_the_command_line_takes_a_list_or_the_default_one(capsys):
+    from diffpol.pipeline.main import parse_args
+    from diffpol.pipeline.presets import DEFAULT_SAMPLERS
+
+    assert parse_args([]).samplers is None
+    assert parse_args(["--samplers"]).samplers == DEFAULT_SAMPLERS
+    assert parse_args(["--samplers", "flow-2,ddim-10"]).samplers == "flow-2,ddim-10"
+    with pytest.raises(SystemExit):
+        parse_args(["--samplers", "euler-2"])
+    assert "--samplers: sampler 'euler-2' is not FAMILY-STEPS" in capsys.readouterr().err
+
+
+def test_the_comparison_adds_only_the_policies_its_samplers_need():
+    from diffpol.pipeline.presets import resolve_preset
+    from diffpol.pipeline.run import few_step_config, few_step_policies
+
+    assert resolve_preset("default").samplers == ""
+    assert few_step_policies(resolve_preset("default")) == ()
+    assert few_step_policies(resolve_preset("quick", "ddim-10,flow-2")) == ("flow",)
+    preset = resolve_preset("default", "consistency-1,flow-1")
+    assert few_step_policies(preset) == ("consistency", "flow")
+    consistency = few_step_config(preset, "consistency", seed=3)
+    assert (consistency.model.objective, consistency.model.teacher) == ("consistency", "diffusion")
+    assert consistency.train.epochs == preset.consistency_epochs
+    flow = few_step_config(preset, "flow", seed=3)
+    assert (flow.model.objective, flow.train.epochs) == ("flow", preset.config.train.epochs)
+    # Everything else is the diffusion policy's: the same network on the same samples.
+    assert flow.model.hidden_width == preset.config.model.hidden_width
+    assert flow.train.seed == 3
