@@ -105,6 +105,25 @@ class StepUpdate:
         """Whether the step adds fresh noise (takes one slice of ``step_noise``)."""
         return self.noise_std > 0
 
+    def apply(
+        self,
+        output: torch.Tensor,
+        sample: torch.Tensor,
+        clip_range: float | None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The step itself: the next sample from the denoiser's output and the sample
+        (``noise`` is z, needed when the step is stochastic)."""
+        x0 = self.x0_from_output * output + self.x0_from_sample * sample
+        if clip_range is not None:
+            x0 = x0.clamp(-clip_range, clip_range)
+        x_next = self.x0_weight * x0 + self.sample_weight * sample
+        if self.stochastic:
+            if noise is None:
+                raise ValueError(f"the step at timestep {self.timestep} needs its noise z")
+            x_next = x_next + self.noise_std * noise
+        return x_next
+
 
 # eq=False: fields hold a module and a tensor, which have no value equality.
 @dataclass(frozen=True, eq=False)

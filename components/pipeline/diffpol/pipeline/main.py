@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from diffpol.pipeline.presets import PRESETS, resolve_preset
+from diffpol.pipeline.presets import DEFAULT_SAMPLERS, PRESETS, resolve_preset
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,6 +38,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus", type=float, help="GPUs for training (default: 0)")
     p.add_argument("--epochs", type=int, help="diffusion epochs (default: the preset's)")
     p.add_argument(
+        "--samplers",
+        nargs="?",
+        const=DEFAULT_SAMPLERS,
+        help="also train a flow-matching and a consistency policy and compare samplers "
+        "FAMILY-STEPS (ddim, ddpm, flow, flow-midpoint, consistency) on return and batch-1 "
+        f"latency (default list: {DEFAULT_SAMPLERS})",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="show Ray's own output on the console (default: in OUT/ray.log)",
@@ -55,6 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--data {args.data} is not a directory")
     if args.env is not None and args.data is None:
         p.error("--env applies with --data only (a collecting run uses the preset's env)")
+    if args.samplers is not None:
+        from diffpol.pipeline.samplers import parse_samplers
+
+        try:
+            parse_samplers(args.samplers)
+        except ValueError as exc:
+            p.error(f"--samplers: {exc}")
     if args.out is None:
         args.out = Path("runs") / args.preset
     if args.out.exists() and not args.out.is_dir():
@@ -64,7 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    preset = resolve_preset(args.preset, workers=args.workers, gpus=args.gpus, epochs=args.epochs)
+    preset = resolve_preset(
+        args.preset, args.samplers, workers=args.workers, gpus=args.gpus, epochs=args.epochs
+    )
     from diffpol.pipeline.run import run_pipeline
 
     summary = run_pipeline(

@@ -33,6 +33,13 @@ class Preset:
     ddpm_steps: int = 100
     # Slow PyTorch-side baselines (DDPM-100 in eager mode) are compared on fewer seeds.
     torch_eval_seeds: str = "100000:100200"
+    # The sampler comparison (diffpol.pipeline.samplers), opt-in: e.g.
+    # "ddim-10,flow-2,consistency-1"; empty: not run. A flow policy trains for
+    # flow_epochs (None: the diffusion policy's epochs), a consistency policy is distilled
+    # from the diffusion policy for consistency_epochs.
+    samplers: str = ""
+    flow_epochs: int | None = None
+    consistency_epochs: int = 24
 
     @property
     def window(self) -> Window:
@@ -58,6 +65,7 @@ PRESETS: dict[str, Preset] = {
         eval_seeds="100000:100016",
         torch_eval_seeds="100000:100008",
         ddpm_steps=20,
+        consistency_epochs=1,
     ),
     "quick-unet": Preset(
         episodes=24,
@@ -77,10 +85,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_preset(name: str, **overrides) -> Preset:
+# What --samplers compares when given without a list.
+DEFAULT_SAMPLERS = "ddim-10,ddim-2,ddim-1,flow-10,flow-2,flow-1,consistency-2,consistency-1"
+
+
+def resolve_preset(name: str, samplers: str | None = None, **overrides) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
+    if samplers is not None:
+        preset = dataclasses.replace(preset, samplers=samplers)
     train_overrides = {k: v for k, v in overrides.items() if v is not None}
     if train_overrides:
         config = dataclasses.replace(

@@ -40,6 +40,7 @@ from typing import Any
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
 from diffpol.contracts.ray_session import ray_session
 from diffpol.pipeline.console import WatchedRun, epoch_progress, log, progress_bar
+from diffpol.pipeline.export import export_torch_policy
 from diffpol.pipeline.faults import kill_worker_from_env
 from diffpol.pipeline.presets import Preset
 from diffpol.trainer.config import Config, ModelConfig, PolicyType
@@ -100,8 +101,21 @@ def run_pipeline(
             onnx_path = export_policy(preset, runs["diffusion"], out / "policy.onnx")
         with stage("evaluate", timings):
             evaluation = evaluate_policies(preset, runs, onnx_path, out / "eval", seed=seed)
+        sampler_rows = None
+        if preset.samplers:
+            with stage("samplers", timings):
+                sampler_rows = compare_samplers(preset, runs, out, seed=seed)
     timings["total"] = round(time.perf_counter() - start, 2)
-    return write_report(preset, out, runs, evaluation, timings, seed=seed, dataset=dataset)
+    return write_report(
+        preset,
+        out,
+        runs,
+        evaluation,
+        timings,
+        seed=seed,
+        dataset=dataset,
+        sampler_rows=sampler_rows,
+    )
 
 
 # --- stages -------------------------------------------------------------------------
@@ -212,6 +226,30 @@ def policy_config(preset: Preset, policy_type: PolicyType, *, seed: int) -> Conf
     return dataclasses.replace(config, model=model, train=train_config)
 
 
+def few_step_config(preset: Preset, objective: str, *, seed: int) -> Config:
+    """The diffusion policy's config with another objective (``--samplers``)."""
+    config = policy_config(preset, "diffusion", seed=seed)
+    teacher = "diffusion" if objective == "consistency" else None
+    model = dataclasses.replace(config.model, objective=objective, teacher=teacher)
+    if objective == "flow":
+        epochs = preset.flow_epochs or config.train.epochs
+    else:
+        epochs = preset.consistency_epochs
+    return dataclasses.replace(
+        config, model=model, train=dataclasses.replace(config.train, epochs=epochs)
+    )
+
+
+def few_step_policies(preset: Preset) -> tuple[str, ...]:
+    """The extra policies the sampler comparison needs, in training order."""
+    if not preset.samplers:
+        return ()
+    from diffpol.pipeline.samplers import parse_samplers
+
+    needed = {c.policy for c in parse_samplers(preset.samplers)}
+    return tuple(p for p in ("consistency", "flow") if p in needed)
+
+
 # The Ray Train run (under OUT/checkpoints) that trains every policy of the pipeline.
 TRAIN_RUN_NAME = "policies"
 
@@ -228,8 +266,12 @@ def train_policies(
     and epoch checkpoints. ``callbacks`` go to the diffusion policy's training.
     """
     runs = {}
-    for policy_type in ("diffusion", *BASELINES):
-        config = policy_config(preset, policy_type, seed=seed)
+    extra = few_step_policies(preset)
+    for policy_type in ("diffusion", *extra, *BASELINES):
+        if policy_type in extra:
+            config = few_step_config(preset, policy_type, seed=seed)
+        else:
+            config = policy_config(preset, policy_type, seed=seed)
         config = dataclasses.replace(
             config,
             train=dataclasses.replace(
@@ -265,20 +307,6 @@ def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:
     from diffpol.trainer.policy import load_policy
 
     return export_torch_policy(load_policy(run.checkpoint_dir, "ddim", preset.ddim_steps), path)
-
-
-def export_torch_policy(policy, path: Path) -> Path:
-    """A trained ``TorchPolicy`` as the sampler's ONNX artifact at ``path``."""
-    from diffpol.sampler import export_onnx
-
-    return export_onnx(
-        policy.loop,
-        policy.normalizer,
-        policy.env,
-        policy.window,
-        path,
-        model_version=policy.model_version,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +378,44 @@ def evaluate_policies(
     return Evaluation(*results["headline"], *results["side_by_side"])
 
 
+def compare_samplers(
+    preset: Preset, runs: dict[str, TrainResult], out: Path, *, seed: int
+) -> list[dict]:
+    """Each ``--samplers`` sampler exported, evaluated on the headline seeds and timed at
+    batch 1 in process; the rows of the report's sampler table (``samplers``)."""
+    from diffpol.evaluator import SeedRange, compare
+    from diffpol.pipeline.samplers import (
+        batch1_latency_us,
+        export_samplers,
+        parse_samplers,
+        sampler_rows,
+    )
+
+    choices = parse_samplers(preset.samplers)
+    checkpoints = {name: run.checkpoint_dir for name, run in runs.items()}
+    paths = export_samplers(choices, checkpoints, out / "samplers")
+    log(f"comparing {len(choices)} samplers on the held-out seeds {preset.eval_seeds}")
+    episodes = len(SeedRange.parse(preset.eval_seeds)) * len(paths)
+    with progress_bar(episodes, "episode", "samplers") as bar:
+        result, _ = compare(
+            {name: str(path) for name, path in paths.items()},
+            preset.env_id,
+            preset.eval_seeds,
+            noise_seed=seed,
+            out=out / "eval" / "samplers",
+            progress=bar.update,
+        )
+    summaries = {p.label: p.summary.to_json() for p in result.policies}
+    latency = batch1_latency_us(paths, (preset.config.model.n_obs_steps, _obs_dim(paths)))
+    return sampler_rows(choices, summaries, latency)
+
+
+def _obs_dim(paths: dict[str, Path]) -> int:
+    from diffpol.sampler import OnnxPolicy
+
+    return OnnxPolicy(next(iter(paths.values()))).metadata.env.obs_dim
+
+
 # --- report -------------------------------------------------------------------------
 
 
@@ -393,9 +459,17 @@ def write_report(
     *,
     seed: int,
     dataset: Path,
+    sampler_rows: list[dict] | None = None,
 ) -> dict:
     shutil.copyfile(runs["diffusion"].metrics_csv, out / "metrics.csv")
     plots = _collect_plots(out, runs, evaluation)
+    if sampler_rows:
+        from diffpol.pipeline.samplers import pareto_figure
+
+        pareto = out / "plots" / "samplers_pareto.png"
+        title = f"{preset.env_id}, seeds {preset.eval_seeds}: return vs batch-1 latency"
+        atomic_write_bytes(pareto, pareto_figure(sampler_rows, title))
+        plots.insert(0, pareto)
     headline = _summaries(evaluation.headline)
     ddim_onnx = next(label for label in headline if label.endswith("(ONNX)"))
     summary = {
@@ -410,6 +484,8 @@ def write_report(
         },
         "headline": headline,
         "side_by_side": _summaries(evaluation.side_by_side),
+        "samplers": sampler_rows or [],
+        "training_seconds": _training_seconds(runs),
         "training": {name: run.metrics for name, run in runs.items()},
         "stage_seconds": timings,
         "versions": _versions(),
@@ -465,9 +541,59 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "",
         *_section("Headline", evaluation.headline_table),
         *_section("Every policy side by side", evaluation.side_by_side_table),
+        *_sampler_section(preset, summary),
         "## Plots",
         "",
         *[f"![{p.stem}](plots/{p.name})" for p in plots],
         "",
     ]
     return "\n".join(lines)
+
+
+def _training_seconds(runs: dict[str, TrainResult]) -> dict[str, float]:
+    """Each policy's training time: the sum of its epochs' times (start-up excluded)."""
+    from diffpol.trainer.checkpoint import read_checkpoint
+
+    return {
+        name: round(
+            sum(
+                float(row.get("epoch_time_s") or 0)
+                for row in read_checkpoint(run.checkpoint_dir).meta.history
+            ),
+            1,
+        )
+        for name, run in runs.items()
+    }
+
+
+def _sampler_section(preset, summary: dict) -> list[str]:
+    rows = summary.get("samplers") or []
+    if not rows:
+        return []
+    from diffpol.pipeline.samplers import markdown_table
+
+    seconds = summary["training_seconds"]
+    ddpm = seconds["diffusion"]
+    cost = [f"diffusion (DDPM) {ddpm:.0f} s"]
+    if "flow" in seconds:
+        cost.append(f"flow matching {seconds['flow']:.0f} s ({seconds['flow'] / ddpm:.2f}x)")
+    if "consistency" in seconds:
+        cost.append(
+            f"consistency distillation {seconds['consistency']:.0f} s on top "
+            f"({seconds['consistency'] / ddpm:.0%} of the teacher's)"
+        )
+
+    return [
+        f"## Samplers: return and batch-1 latency ({preset.env_id}, seeds "
+        f"{preset.eval_seeds}, ONNX in process)",
+        "",
+        *markdown_table(rows),
+        "",
+        "act: a whole `OnnxPolicy.act` call (seeded noise drawn, inputs checked); graph "
+        "alone: the onnxruntime run on inputs drawn once. Speed-ups are against ddim-10 "
+        "in the same measurement. Pareto: no other sampler has both a higher mean return "
+        "and a lower act latency. Plot: `plots/samplers_pareto.png`.",
+        "",
+        "Training time (sum of epoch times): " + ", ".join(cost) + ".",
+        "",
+    ]

@@ -20,6 +20,10 @@ Activation = Literal["relu", "silu", "mish"]
 DenoiserType = Literal["mlp", "unet"]
 DENOISERS: tuple[str, ...] = ("mlp", "unet")
 POLICY_TYPES: tuple[str, ...] = ("diffusion", "bc", "seed-tutorial")
+# A diffusion policy's training objective (see diffpol.trainer.fewstep): DDPM noise
+# prediction, flow matching, or consistency distillation from a DDPM teacher.
+Objective = Literal["ddpm", "flow", "consistency"]
+OBJECTIVES: tuple[str, ...] = ("ddpm", "flow", "consistency")
 ACTIVATIONS: tuple[str, ...] = ("relu", "silu", "mish")
 
 
@@ -60,6 +64,10 @@ class ModelConfig:
     schedule: NoiseScheduleConfig = field(
         default_factory=lambda: NoiseScheduleConfig(prediction_type="sample")
     )
+    objective: Objective = "ddpm"
+    # consistency: the name of the DDPM policy trained earlier in the same run whose EMA
+    # weights are the teacher (and the student's initialisation).
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -105,6 +113,19 @@ class ModelConfig:
         _require(
             self.activation in ACTIVATIONS,
             f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}",
+        )
+        _require(
+            self.objective in OBJECTIVES,
+            f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
+        )
+        _require(
+            self.objective == "ddpm" or self.policy_type == "diffusion",
+            f"objective {self.objective!r} applies to the diffusion policy only",
+        )
+        _require(
+            (self.teacher is not None) == (self.objective == "consistency"),
+            "objective 'consistency' needs a teacher (the name of a DDPM policy trained "
+            "earlier in the same run), and only it takes one",
         )
 
 

@@ -241,6 +241,7 @@ class SeedTutorialModel(_PolicyModel):
         return SeedTutorialLoop(self, self.SAMPLING_STEPS, self.config.window.horizon, self.act_dim)
 
 
+# DiffusionPolicyModel includes its few-step subclasses (diffpol.trainer.fewstep).
 PolicyModel = DiffusionPolicyModel | BCPolicyModel | SeedTutorialModel
 
 
@@ -248,6 +249,14 @@ def build_policy_model(
     config: ModelConfig, obs_dim: int, act_dim: int, normalizer: Normalizer
 ) -> PolicyModel:
     if config.policy_type == "diffusion":
+        if config.objective != "ddpm":
+            from diffpol.trainer import fewstep  # it builds on this module
+
+            few_step = {
+                "flow": fewstep.FlowPolicyModel,
+                "consistency": fewstep.ConsistencyPolicyModel,
+            }
+            return few_step[config.objective](config, obs_dim, act_dim)
         return DiffusionPolicyModel(config, obs_dim, act_dim)
     if config.policy_type == "bc":
         return BCPolicyModel(config, obs_dim, act_dim)

@@ -26,9 +26,10 @@ from diffpol.trainer.checkpoint import (
     read_checkpoint,
 )
 from diffpol.trainer.config import Config
+from diffpol.trainer.fewstep import SAMPLERS_BY_OBJECTIVE, check_sampler
 from diffpol.trainer.modeling import build_policy_model
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "flow", "flow-midpoint", "consistency")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class TorchPolicy:
 
 def load_policy(
     checkpoint_dir: str | Path,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int = 10,
     *,
     eta: float = 0.0,
@@ -112,10 +113,12 @@ def load_policy(
     """A ``TorchPolicy`` from a checkpoint directory (``TrainResult.checkpoint_dir``).
 
     ``sampler``/``steps``/``eta`` choose the diffusion sampler (ignored by the "bc" and
-    "seed-tutorial" baselines, whose inference is fixed). The EMA weights are used unless
+    "seed-tutorial" baselines, whose inference is fixed): "ddim"/"ddpm" for a policy
+    trained with the DDPM objective, "flow"/"flow-midpoint" for flow matching,
+    "consistency" for a consistency policy; None means the first of those. The EMA weights are used unless
     ``use_ema`` is false. Only JSON and plain tensors are read (``weights_only=True``).
     """
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -131,7 +134,11 @@ def load_policy(
             f"{checkpoint_dir}: weights do not fit the model its config describes: {exc}"
         ) from exc
     model.eval()
-    loop = model.sampling_loop(sampler=sampler, steps=steps, eta=eta)
+    if config.model.policy_type == "diffusion":
+        objective = config.model.objective
+        sampler = sampler or SAMPLERS_BY_OBJECTIVE[objective][0]
+        check_sampler(objective, sampler)
+    loop = model.sampling_loop(sampler=sampler or "ddim", steps=steps, eta=eta)
     digest = hashlib.sha256((Path(checkpoint_dir) / POLICY_FILE).read_bytes()).hexdigest()
     return TorchPolicy(
         loop=loop,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -198,3 +199,45 @@ def test_a_unet_checkpoint_acts_like_its_loop(tmp_path):
         )[:, :8].numpy()
     expected = np.clip(NORMALIZER.action.unnormalize(expected), -2, 2)
     np.testing.assert_allclose(policy.act(obs, seed=3), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "objective, sampler, steps, noisy",
+    [("flow", "flow", 2, 0), ("flow", "flow-midpoint", 4, 0), ("consistency", "consistency", 2, 1)],
+)
+def test_few_step_policies_export_and_serve_their_family_and_step_count(
+    tmp_path, objective, sampler, steps, noisy
+):
+    import grpc
+    import onnx
+
+    from diffpol.sampler import OnnxPolicy, export_onnx, serve
+    from diffpol.v1 import sampler_pb2, sampler_pb2_grpc
+
+    teacher = "diffusion" if objective == "consistency" else None
+    config = dataclasses.replace(CHUNKED, objective=objective, teacher=teacher)
+    directory, _, _ = write_checkpoint(tmp_path / "ckpt", config)
+    with pytest.raises(ValueError, match="samples with"):
+        load_policy(directory, sampler="ddim")
+    policy = load_policy(directory, sampler=sampler, steps=steps)
+    assert (policy.sampler, policy.steps, policy.loop.step_noise_steps) == (sampler, steps, noisy)
+    # export_onnx validates the graph against PyTorch on random inputs before it writes.
+    path = export_onnx(
+        policy.loop,
+        policy.normalizer,
+        policy.env,
+        policy.window,
+        tmp_path / "policy.onnx",
+        model_version=policy.model_version,
+    )
+    # Euler and consistency steps are StepUpdates: the ReLU-network exporter builds them.
+    relu = onnx.load(path).graph.name == "diffpol_relu_sampler"
+    assert relu == (sampler != "flow-midpoint")
+    onnx_policy = OnnxPolicy(path)
+    obs = np.random.default_rng(2).normal(0, 1, (16, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(onnx_policy.act(obs, seed=4), policy.act(obs, seed=4), atol=1e-4)
+    with serve(path) as server, grpc.insecure_channel(server.address) as channel:
+        info = sampler_pb2_grpc.SamplerServiceStub(channel).GetModelInfo(
+            sampler_pb2.GetModelInfoRequest(), timeout=10
+        )
+    assert (info.sampler, info.steps) == (sampler, steps)

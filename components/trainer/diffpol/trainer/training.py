@@ -107,8 +107,13 @@ def run_identity(config: Config, dataset_fingerprint: str) -> dict[str, Any]:
     """What must not change between attempts of one run (epochs and resources may), in
     its JSON form (tuples as lists) so that stored and current identities compare."""
     raw = config.to_json()
+    model = dict(raw["model"])
+    # The objective fields at their defaults leave the identity of runs started before
+    # they existed unchanged, so those runs still resume.
+    if model.get("objective") == "ddpm" and model.get("teacher") is None:
+        del model["objective"], model["teacher"]
     identity = {
-        "model": raw["model"],
+        "model": model,
         "optim": raw["optim"],
         "batch_size": config.train.batch_size,
         "seed": config.train.seed,
@@ -282,6 +287,14 @@ def train_many(
     for name in policies:
         if not name or "/" in name:
             raise ValueError(f"a policy name must be non-empty without '/', got {name!r}")
+    names = list(policies)
+    for i, (name, run) in enumerate(policies.items()):
+        teacher = run.config.model.teacher
+        if teacher is not None and teacher not in names[:i]:
+            raise ValueError(
+                f"{name}'s teacher {teacher!r} must be a policy trained before it in the same "
+                f"run (this run trains {', '.join(names)})"
+            )
     runs = {
         name: dataclasses.replace(run, out_dir=Path(run.out_dir).resolve())
         for name, run in policies.items()

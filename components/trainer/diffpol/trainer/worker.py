@@ -402,6 +402,8 @@ def _train_policy(
         normalizer=normalizer,
         total_steps=steps * config.train.epochs,
     )
+    if config.model.objective == "consistency":
+        _attach_teacher(module, states, config, data, fresh=restored is None)
     reporter = EpochCheckpointReporter(name, states, config, normalizer, data, policy["out_dir"])
     with tempfile.TemporaryDirectory(prefix=f"diffpol-{name}-") as scratch:
         trainer = pl.Trainer(
@@ -427,6 +429,20 @@ def _train_policy(
             ckpt_path=str(lightning_file) if lightning_file else None,
             weights_only=True,
         )
+
+
+def _attach_teacher(module, states: PolicyStates, config: Config, data, *, fresh: bool) -> None:
+    """A consistency policy's teacher, trained earlier in this run, goes to the student and
+    its EMA copy; a fresh student starts as the teacher (a resumed one is restored)."""
+    from diffpol.trainer.fewstep import load_teacher
+
+    teacher = load_teacher(
+        states.root / config.model.teacher, config.model, data["obs_dim"], data["act_dim"]
+    )
+    for student in (module.policy, module.ema.averaged):
+        student.set_teacher(teacher)
+        if fresh:
+            student.load_state_dict(teacher.state_dict())
 
 
 def steps_per_epoch(train_rows: int, workers: int, batch_size: int) -> int:
