@@ -47,6 +47,13 @@ def test_mt10_expert_rows_carry_task_and_success_and_end_at_success():
         assert ep_success[-1] and terminated[-1] and not ep_success[:-1].any()
 
 
+def test_policies_rebuild_from_their_name_and_params_as_actors_do():
+    for spec in ("expert", "noisy-expert"):
+        policy = make_policy(spec, "metaworld/MT10")
+        rebuilt = make_policy(policy.name, "metaworld/MT10", **policy.params)
+        assert (rebuilt.name, rebuilt.params) == (policy.name, policy.params)
+
+
 def test_noisy_expert_labels_rows_with_the_clean_expert_action():
     policy = make_policy("noisy-expert", "metaworld/reach-v3", noise_max=0.3)
     table = _rows("metaworld/reach-v3", policy, episodes=2, num_envs=2, seed=5, max_steps=30)

@@ -280,7 +280,8 @@ class MetaWorldExpert:
 
 
 def _metaworld_controller(env: EnvSpec) -> tuple[Controller, dict[str, Any]]:
-    return MetaWorldExpert(env), {"tasks": list(env.tasks)}
+    # No params: the env id names the tasks, and actors rebuild the policy from its params.
+    return MetaWorldExpert(env), {}
 
 
 # The best measured expert per env (README: returns over seeds 1000..2999).
