@@ -52,7 +52,9 @@ def raw_episodes(seeds: list[int]) -> tuple[int, float]:
         reseed(env, seed)
         obs, _ = env.reset()
         for _ in range(spec.max_episode_steps):
-            obs, _, _, truncated, info = env.step(policy.get_action(obs).astype(np.float32))
+            # The expert sees float32 observations, as in the recorded data.
+            action = policy.get_action(obs.astype(np.float32)).astype(np.float32)
+            obs, _, _, truncated, info = env.step(action)
             steps += 1
             if info["success"] or truncated:
                 break

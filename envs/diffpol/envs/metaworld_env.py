@@ -16,8 +16,9 @@ own rule: its ``_random_reset_space`` sampled from ``np.random.seed(s)``), and t
 ``np_random`` is seeded with ``s``. So an episode is a function of its task and seed, and
 disjoint seed ranges give disjoint goal configurations: rollout uses seeds
 ``run_seed + episode index``, the evaluator its ``--seeds START:STOP`` range, and a data set
-and its evaluation must use ranges that do not overlap. One env per task and batch slot is
-built once and re-seeded per episode (far cheaper than a new env).
+and its evaluation must use ranges that do not overlap. Envs are built once per task (as
+many as a batch runs episodes of that task at once) and re-seeded per episode, far cheaper
+than a new env.
 
 Episode end: Meta-World's 500-step limit (truncated), or the first step whose
 ``info["success"]`` is 1 (terminated), which is Meta-World's own ``terminate_on_success``
@@ -100,7 +101,10 @@ class MetaWorldVectorEnv(VectorEnv):
         super().__init__(spec, num_envs, seeds)
         self._tasks = spec.tasks
         self._one_hot = len(self._tasks) > 1
-        self._slots: list[dict[str, object]] = [{} for _ in range(num_envs)]
+        # Built envs by task, shared by the batch's slots: a reset takes the first k envs of
+        # a task for its k episodes of that task, so a batch never holds more envs per task
+        # than it ever ran episodes of that task at once.
+        self._pool: dict[str, list[object]] = {}
         self._current: list[object] = []
         self._done = np.zeros(num_envs, bool)
         self._obs: np.ndarray | None = None
@@ -121,12 +125,13 @@ class MetaWorldVectorEnv(VectorEnv):
             self.seeds = check_seeds(seeds, self.num_envs)
         self._current = []
         rows = []
-        for slot, (seed, task) in enumerate(
-            zip(self.seeds, self.tasks_of(self.seeds), strict=True)
-        ):
-            env = self._slots[slot].get(task)
-            if env is None:
-                env = self._slots[slot][task] = make_task_env(task, seed)
+        taken: dict[str, int] = {}
+        for seed, task in zip(self.seeds, self.tasks_of(self.seeds), strict=True):
+            envs = self._pool.setdefault(task, [])
+            k = taken[task] = taken.get(task, 0) + 1
+            if len(envs) < k:
+                envs.append(make_task_env(task, seed))
+            env = envs[k - 1]
             reseed(env, seed)
             raw, _ = env.reset()
             self._current.append(env)
@@ -164,7 +169,7 @@ class MetaWorldVectorEnv(VectorEnv):
         )
 
     def close(self) -> None:
-        for slot in self._slots:
-            for env in slot.values():
+        for envs in self._pool.values():
+            for env in envs:
                 env.close()
-            slot.clear()
+        self._pool.clear()

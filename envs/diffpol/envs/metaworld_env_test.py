@@ -106,6 +106,16 @@ def test_mt10_runs_the_seeds_task_with_its_one_hot_and_reports_success():
         assert info["success"] == 1.0
 
 
+def test_a_batch_builds_one_env_per_concurrent_episode_of_a_task():
+    with make_vector_env("metaworld/MT10", 4, [0, 10, 20, 1]) as env:
+        env.reset()
+        assert {t: len(e) for t, e in env._pool.items()} == {"reach-v3": 3, "push-v3": 1}
+        built = env._pool["reach-v3"][0]
+        env.reset([30, 2, 3, 4])  # reach, pick-place, door-open, drawer-open
+        assert env._pool["reach-v3"][0] is built and len(env._pool) == 5
+        assert sum(len(e) for e in env._pool.values()) == 7
+
+
 def test_unknown_task_names_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown Meta-World task 'pick-plce-v3'.*pick-place"):
         get_env_spec("metaworld/pick-plce-v3")
