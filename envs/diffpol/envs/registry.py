@@ -13,6 +13,8 @@ Backends, per env (``EnvSpec.backends`` lists them, the default first):
   chosen by ``auto``. Its MountainCarContinuous-v0 matches gymnasium within float32
   rounding (gymnasium stores that state in float32).
 - ``gymnasium``: ``gymnasium.make_vec(..., vectorization_mode="sync")``, the reference.
+- ``metaworld`` (the ``metaworld/...`` ids only): Meta-World v3 envs stepped in one
+  process; ``metaworld_env`` documents the ids, the seeding and the episode end.
 
 Every backend's episode is determined by its reset seed; ``initial_state(env_id, backend,
 seed)`` returns the exact float64 state a seed gives, which is what a replay needs.
@@ -32,10 +34,15 @@ import numpy as np
 from diffpol.contracts import EnvShape
 from diffpol.envs import dynamics
 from diffpol.envs.envpool_seeding import uniform_draws
-from diffpol.envs.success import REACHED_GOAL, UPRIGHT_HOLD, SuccessRule
+from diffpol.envs.success import (
+    REACHED_GOAL,
+    REPORTED_AT_ANY_STEP,
+    UPRIGHT_HOLD,
+    SuccessRule,
+)
 
 AUTO = "auto"
-BACKENDS = ("numpy", "envpool", "gymnasium")
+BACKENDS = ("numpy", "envpool", "gymnasium", "metaworld")
 # EnvPool takes int32 seeds; the same range applies to every backend so a plan means the
 # same episodes whichever backend runs it.
 MAX_RESET_SEED = 2**31 - 2
@@ -59,6 +66,13 @@ class EnvSpec:
     control_fps: int = 0
     obs_names: tuple[str, ...] = ()
     act_names: tuple[str, ...] = ()
+    # Named tasks the env runs; the episode with reset seed s runs tasks[s % len(tasks)]
+    # (Meta-World; empty for envs with one unnamed task).
+    tasks: tuple[str, ...] = ()
+
+    def task_of(self, seed: int) -> str:
+        """The task name the episode with reset seed ``seed`` runs ("" when unnamed)."""
+        return self.tasks[int(seed) % len(self.tasks)] if self.tasks else ""
 
     @property
     def default_backend(self) -> str:
@@ -91,6 +105,9 @@ class StepResult(NamedTuple):
     reward: np.ndarray  # float32 [N]
     terminated: np.ndarray  # bool [N]
     truncated: np.ndarray  # bool [N]
+    # The env's own per-step success flag (Meta-World's info["success"]); None where the
+    # env reports none. SuccessTracker.update takes it as ``reported``.
+    success: np.ndarray | None = None  # bool [N]
 
 
 @dataclass(frozen=True)
@@ -159,6 +176,11 @@ def get_env_spec(env_id: str) -> EnvSpec:
     try:
         return _SPECS[env_id]
     except KeyError:
+        if env_id.startswith(_mw.PREFIX):
+            raise ValueError(
+                f"unknown Meta-World task {env_id[len(_mw.PREFIX) :]!r} in {env_id!r}; known: "
+                f"{', '.join(sorted(i for i in _SPECS if i.startswith(_mw.PREFIX)))}"
+            ) from None
         raise ValueError(
             f"unknown env id {env_id!r}; known: {', '.join(known_env_ids())}"
         ) from None
@@ -193,6 +215,8 @@ def initial_state(env_id: str, backend: str, seed: int) -> np.ndarray:
     reset with ``seed`` gives on ``backend``."""
     backend = resolve_backend(env_id, backend)
     (seed,) = check_seeds([seed])
+    if backend == "metaworld":
+        raise ValueError(f"{env_id}: a Meta-World episode is replayed from its seed alone")
     if backend == "envpool":
         return _MODELS[env_id].envpool_initial_state(seed)
     if backend == "numpy":
@@ -410,4 +434,45 @@ def make_vector_env(
         return NumpyPendulumVectorEnv(spec, num_envs, seeds)
     if backend == "envpool":
         return EnvpoolVectorEnv(spec, num_envs, seeds, num_threads=num_threads)
+    if backend == "metaworld":
+        return _mw.MetaWorldVectorEnv(spec, num_envs, seeds)
     return GymnasiumVectorEnv(spec, num_envs, seeds)
+
+
+def _metaworld_spec(env_id: str, tasks: tuple[str, ...]) -> EnvSpec:
+    obs_dim = _mw.TASK_OBS_DIM + (len(tasks) if len(tasks) > 1 else 0)
+    hand = ("hand_x", "hand_y", "hand_z", "gripper")
+    objects = tuple(
+        f"obj{k}_{c}" for k in range(2) for c in ("x", "y", "z", "q0", "q1", "q2", "q3")
+    )
+    frame = hand + objects
+    names = frame + tuple(f"prev_{n}" for n in frame) + ("goal_x", "goal_y", "goal_z")
+    if len(tasks) > 1:
+        names += tuple(f"task_{t}" for t in tasks)
+    return EnvSpec(
+        shape=EnvShape(
+            env_id,
+            obs_dim=obs_dim,
+            act_dim=_mw.ACT_DIM,
+            action_low=(-1.0,) * _mw.ACT_DIM,
+            action_high=(1.0,) * _mw.ACT_DIM,
+        ),
+        max_episode_steps=_mw.MAX_EPISODE_STEPS,
+        has_envpool=False,
+        envpool_matches_gymnasium=False,
+        backends=("metaworld",),
+        state_dim=0,
+        success=REPORTED_AT_ANY_STEP,
+        control_fps=80,  # MuJoCo timestep 0.0025 s x frame_skip 5 = 0.0125 s per step
+        obs_names=names,
+        act_names=("dx", "dy", "dz", "grip"),
+        tasks=tasks,
+    )
+
+
+# At the end of the module: metaworld_env subclasses VectorEnv, defined above.
+from diffpol.envs import metaworld_env as _mw  # noqa: E402
+
+_SPECS[_mw.MT10_ID] = _metaworld_spec(_mw.MT10_ID, _mw.MT10_TASKS)
+for _task in _mw.MT10_TASKS:
+    _SPECS[_mw.PREFIX + _task] = _metaworld_spec(_mw.PREFIX + _task, (_task,))

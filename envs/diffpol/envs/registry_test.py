@@ -20,12 +20,12 @@ from diffpol.envs.registry import (
 
 
 def test_registry_knows_both_envs_and_names_them_for_an_unknown_id():
-    assert known_env_ids() == ["MountainCarContinuous-v0", "Pendulum-v1"]
+    assert known_env_ids()[:2] == ["MountainCarContinuous-v0", "Pendulum-v1"]
     spec = get_env_spec("Pendulum-v1")
     assert (spec.obs_dim, spec.act_dim, spec.max_episode_steps) == (3, 1, 200)
     assert spec.action_low == (-2.0,) and spec.action_high == (2.0,)
     assert get_env_spec("MountainCarContinuous-v0").max_episode_steps == 999
-    with pytest.raises(ValueError, match="MountainCarContinuous-v0, Pendulum-v1"):
+    with pytest.raises(ValueError, match="MountainCarContinuous-v0, Pendulum-v1, metaworld/"):
         get_env_spec("CartPole-v1")
 
 
@@ -67,7 +67,7 @@ def _vector_episodes(env, seeds, policy, steps):
         action = policy(obs, t)
         observations.append(obs)
         actions.append(action)
-        obs, reward, terminated, truncated = env.step(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
         rewards.append(reward)
         done.append(terminated | truncated)
     return (

@@ -9,8 +9,10 @@ policy interface and the policy specs that name policies; and they reach Ray one
 from diffpol.contracts.arrow import (
     SCHEMA_VERSION,
     batch_from_envelope,
+    batch_schema_version,
     batch_to_envelope,
     transition_schema,
+    upgrade_batch,
     validate_batch,
 )
 from diffpol.contracts.errors import ArtifactError, ContractError
@@ -45,6 +47,7 @@ __all__ = [
     "RaySessionConfig",
     "Window",
     "batch_from_envelope",
+    "batch_schema_version",
     "batch_to_envelope",
     "build_policy",
     "derive_seed",
@@ -56,5 +59,6 @@ __all__ = [
     "read_model_metadata",
     "tensor_to_numpy",
     "transition_schema",
+    "upgrade_batch",
     "validate_batch",
 ]

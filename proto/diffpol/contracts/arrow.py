@@ -16,18 +16,23 @@ from diffpol.contracts.errors import ContractError
 from diffpol.v1 import transition_pb2
 
 # Bump on any change to Transition that a reader must know about.
-SCHEMA_VERSION = 1
+# v1: episode_id .. expert_action. v2 adds task and success (manipulation).
+SCHEMA_VERSION = 2
+# Fields added after v1, with the version that added them: a batch of an older version
+# lacks them, is still valid as that version, and upgrade_batch fills them.
+ADDED_IN = {"task": 2, "success": 2}
 
 _SCALAR_TYPES = {
     FieldDescriptor.TYPE_INT64: pa.int64(),
     FieldDescriptor.TYPE_INT32: pa.int32(),
     FieldDescriptor.TYPE_FLOAT: pa.float32(),
     FieldDescriptor.TYPE_BOOL: pa.bool_(),
+    FieldDescriptor.TYPE_STRING: pa.string(),
 }
 # Vector fields and the dimension that sets their width.
 _WIDTH_OF = {"obs": "obs_dim", "action": "act_dim", "expert_action": "act_dim"}
 # Vector fields a producer may leave null (a label the data policy does not have).
-_NULLABLE = {"expert_action"}
+_NULLABLE = {"expert_action", "success"}
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
@@ -38,13 +43,17 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return field.label == FieldDescriptor.LABEL_REPEATED
 
 
-def transition_schema(obs_dim: int, act_dim: int) -> pa.Schema:
-    """Arrow schema of Transition rows for an env with these dimensions."""
+def transition_schema(obs_dim: int, act_dim: int, version: int = SCHEMA_VERSION) -> pa.Schema:
+    """Arrow schema of Transition rows for an env with these dimensions, as of schema
+    ``version`` (the current one unless reading an older batch)."""
     if obs_dim < 1 or act_dim < 1:
         raise ContractError(f"obs_dim and act_dim must be >= 1, got {obs_dim} and {act_dim}")
+    _check_version(version)
     dims = {"obs_dim": obs_dim, "act_dim": act_dim}
     fields = []
     for f in transition_pb2.Transition.DESCRIPTOR.fields:
+        if ADDED_IN.get(f.name, 1) > version:
+            continue
         if f.type not in _SCALAR_TYPES:
             raise TypeError(f"Transition.{f.name}: proto type {f.type} has no Arrow mapping")
         arrow_type = _SCALAR_TYPES[f.type]
@@ -52,7 +61,7 @@ def transition_schema(obs_dim: int, act_dim: int) -> pa.Schema:
             arrow_type = pa.list_(arrow_type, dims[_WIDTH_OF[f.name]])
         fields.append(pa.field(f.name, arrow_type, nullable=f.name in _NULLABLE))
     metadata = {
-        b"diffpol.schema_version": str(SCHEMA_VERSION).encode(),
+        b"diffpol.schema_version": str(version).encode(),
         b"diffpol.obs_dim": str(obs_dim).encode(),
         b"diffpol.act_dim": str(act_dim).encode(),
     }
@@ -62,13 +71,14 @@ def transition_schema(obs_dim: int, act_dim: int) -> pa.Schema:
 def validate_batch(
     batch: pa.RecordBatch | pa.Table, obs_dim: int, act_dim: int
 ) -> pa.RecordBatch | pa.Table:
-    """Check a batch against the Transition schema; raise ContractError listing every problem.
+    """Check a batch against the Transition schema of the version its metadata names (the
+    current one when it names none); raise ContractError listing every problem.
 
     Also rejects NaN/Inf in observations, actions and rewards: a non-finite value in
     training data silently poisons the normaliser and the loss.
     """
-    expected = transition_schema(obs_dim, act_dim)
-    _check_schema_version(batch.schema)
+    version = batch_schema_version(batch.schema)
+    expected = transition_schema(obs_dim, act_dim, version)
     problems = []
     names = set(batch.schema.names)
     missing = [f.name for f in expected if f.name not in names]
@@ -86,7 +96,9 @@ def validate_batch(
         elif not f.nullable and batch.column(f.name).null_count:
             problems.append(f"column {f.name!r} has {batch.column(f.name).null_count} null(s)")
     if problems:
-        raise ContractError("Transition batch does not match schema v1: " + "; ".join(problems))
+        raise ContractError(
+            f"Transition batch does not match schema v{version}: " + "; ".join(problems)
+        )
     for name in ("obs", "action", "expert_action", "reward"):
         values = _float_values(batch.column(name))
         bad = int(np.count_nonzero(~np.isfinite(values)))
@@ -100,13 +112,14 @@ def batch_to_envelope(
 ) -> transition_pb2.TransitionBatch:
     """Validate a batch and wrap it as Arrow IPC bytes in a TransitionBatch message."""
     validate_batch(batch, obs_dim, act_dim)
+    version = batch_schema_version(batch.schema)
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    table = table.replace_schema_metadata(transition_schema(obs_dim, act_dim).metadata)
+    table = table.replace_schema_metadata(transition_schema(obs_dim, act_dim, version).metadata)
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return transition_pb2.TransitionBatch(
-        schema_version=SCHEMA_VERSION,
+        schema_version=version,
         env_id=env_id,
         data_policy=data_policy,
         obs_dim=obs_dim,
@@ -135,13 +148,38 @@ def batch_from_envelope(message: transition_pb2.TransitionBatch) -> pa.Table:
     return validate_batch(table, message.obs_dim, message.act_dim)
 
 
-def _check_schema_version(schema: pa.Schema) -> None:
-    raw = (schema.metadata or {}).get(b"diffpol.schema_version")
-    if raw is not None and int(raw) > SCHEMA_VERSION:
+def _check_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
         raise ContractError(
-            f"batch follows Transition schema v{int(raw)}, newer than v{SCHEMA_VERSION} "
+            f"batch follows Transition schema v{version}, newer than v{SCHEMA_VERSION} "
             "supported here: upgrade diffpol-contracts"
         )
+    if version < 1:
+        raise ContractError(f"invalid Transition schema version {version} (versions start at 1)")
+
+
+def batch_schema_version(schema: pa.Schema) -> int:
+    """The Transition schema version an Arrow schema's metadata names (current if none)."""
+    raw = (schema.metadata or {}).get(b"diffpol.schema_version")
+    try:
+        version = SCHEMA_VERSION if raw is None else int(raw)
+    except ValueError:
+        raise ContractError(f"batch metadata has an invalid schema version {raw!r}") from None
+    _check_version(version)
+    return version
+
+
+def upgrade_batch(table: pa.Table, obs_dim: int, act_dim: int) -> pa.Table:
+    """A valid batch of any supported version as the current version: fields added since
+    read as their documented defaults (v1 -> v2: task "" and success null)."""
+    validate_batch(table, obs_dim, act_dim)
+    current = transition_schema(obs_dim, act_dim)
+    n = table.num_rows
+    defaults = {"task": pa.array([""] * n, pa.string()), "success": pa.nulls(n, pa.bool_())}
+    columns = [
+        table.column(f.name) if f.name in table.schema.names else defaults[f.name] for f in current
+    ]
+    return pa.Table.from_arrays(columns, schema=current)
 
 
 def _float_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -6,8 +6,10 @@ from diffpol.contracts import (
     SCHEMA_VERSION,
     ContractError,
     batch_from_envelope,
+    batch_schema_version,
     batch_to_envelope,
     transition_schema,
+    upgrade_batch,
     validate_batch,
 )
 from diffpol.v1 import transition_pb2
@@ -15,7 +17,9 @@ from diffpol.v1 import transition_pb2
 OBS_DIM, ACT_DIM = 3, 1
 
 
-def make_batch(n: int = 5, *, with_label: bool = True) -> pa.RecordBatch:
+def make_batch(
+    n: int = 5, *, with_label: bool = True, version: int = SCHEMA_VERSION
+) -> pa.RecordBatch:
     rng = np.random.default_rng(0)
 
     def vectors(width: int) -> pa.FixedSizeListArray:
@@ -33,8 +37,11 @@ def make_batch(n: int = 5, *, with_label: bool = True) -> pa.RecordBatch:
         "terminated": pa.array([False] * n),
         "truncated": pa.array([False] * (n - 1) + [True]),
         "expert_action": label,
+        "task": pa.array(["reach-v3"] * n),
+        "success": pa.array([False] * (n - 1) + [True]),
     }
-    return pa.RecordBatch.from_pydict(columns, schema=transition_schema(OBS_DIM, ACT_DIM))
+    schema = transition_schema(OBS_DIM, ACT_DIM, version)
+    return pa.RecordBatch.from_pydict({k: columns[k] for k in schema.names}, schema=schema)
 
 
 def test_schema_follows_the_proto_message():
@@ -105,14 +112,14 @@ def test_newer_schema_version_is_rejected():
         make_batch(), env_id="Pendulum-v1", data_policy="expert", obs_dim=OBS_DIM, act_dim=ACT_DIM
     )
     message.schema_version = SCHEMA_VERSION + 1
-    with pytest.raises(ContractError, match=r"newer than the 1 this reader supports"):
+    with pytest.raises(ContractError, match=rf"newer than the {SCHEMA_VERSION} this reader"):
         batch_from_envelope(message)
 
 
 def test_newer_schema_version_in_arrow_metadata_is_rejected():
     batch = make_batch()
-    newer = batch.schema.with_metadata({b"diffpol.schema_version": b"2"})
-    with pytest.raises(ContractError, match=r"schema v2, newer than v1"):
+    newer = batch.schema.with_metadata({b"diffpol.schema_version": b"3"})
+    with pytest.raises(ContractError, match=r"schema v3, newer than v2 supported"):
         validate_batch(batch.cast(newer), OBS_DIM, ACT_DIM)
 
 
@@ -122,3 +129,48 @@ def test_garbage_bytes_are_rejected_clearly():
     )
     with pytest.raises(ContractError, match="not a readable Arrow stream"):
         batch_from_envelope(message)
+
+
+def test_v2_adds_task_and_nullable_success():
+    assert SCHEMA_VERSION == 2
+    schema = transition_schema(OBS_DIM, ACT_DIM)
+    assert schema.field("task").type == pa.string() and not schema.field("task").nullable
+    assert schema.field("success").nullable
+    v1 = transition_schema(OBS_DIM, ACT_DIM, version=1)
+    assert v1.names == schema.names[:-2]
+    assert v1.metadata[b"diffpol.schema_version"] == b"1"
+
+
+def test_a_v1_batch_still_reads_and_upgrades_with_documented_defaults(tmp_path):
+    import pyarrow.parquet as pq
+
+    # A v1 dataset file on disk, as diffpol wrote it before v2.
+    path = tmp_path / "part-v1.parquet"
+    pq.write_table(pa.Table.from_batches([make_batch(version=1)]), path)
+    table = pq.read_table(path)
+    assert batch_schema_version(table.schema) == 1
+    validate_batch(table, OBS_DIM, ACT_DIM)
+    upgraded = upgrade_batch(table, OBS_DIM, ACT_DIM)
+    assert upgraded.schema.equals(transition_schema(OBS_DIM, ACT_DIM), check_metadata=True)
+    assert upgraded.column("task").to_pylist() == [""] * 5
+    assert upgraded.column("success").null_count == 5
+    assert upgraded.column("obs").equals(table.column("obs"))
+    # Through the envelope the version survives.
+    message = batch_to_envelope(
+        table, env_id="Pendulum-v1", data_policy="expert", obs_dim=OBS_DIM, act_dim=ACT_DIM
+    )
+    assert message.schema_version == 1
+    assert batch_from_envelope(message).num_rows == 5
+
+
+def test_a_v1_labelled_batch_missing_a_v1_column_names_its_version():
+    batch = make_batch(version=1).drop_columns(["seed"])
+    with pytest.raises(ContractError, match=r"does not match schema v1: missing column\(s\): seed"):
+        validate_batch(batch, OBS_DIM, ACT_DIM)
+    # A batch that says v2 but lacks the v2 fields is refused, naming v2 and the fields.
+    v2_without = make_batch().drop_columns(["task", "success"])
+    with pytest.raises(ContractError, match=r"schema v2: missing column\(s\): task, success"):
+        validate_batch(v2_without, OBS_DIM, ACT_DIM)
+    bad = make_batch().schema.with_metadata({b"diffpol.schema_version": b"0"})
+    with pytest.raises(ContractError, match="invalid Transition schema version 0"):
+        validate_batch(make_batch().cast(bad), OBS_DIM, ACT_DIM)

@@ -28,7 +28,15 @@ from typing import Any, Literal
 from diffpol.contracts.errors import ContractError
 from diffpol.contracts.policy import Policy
 
-BUILTIN_POLICIES = ("random", "zero", "expert", "expert-dp", "expert-scripted", "noisy-expert")
+BUILTIN_POLICIES = (
+    "random",
+    "zero",
+    "expert",
+    "expert-dp",
+    "expert-scripted",
+    "expert-metaworld",
+    "noisy-expert",
+)
 ONNX_PREFIX = "onnx:"
 GRPC_PREFIX = "grpc://"
 SPEC_FORMS = (*BUILTIN_POLICIES, f"{ONNX_PREFIX}PATH", f"{GRPC_PREFIX}HOST:PORT")

@@ -5,7 +5,7 @@ import stat
 import numpy as np
 import pytest
 
-from diffpol.contracts import ContractError, EnvShape
+from diffpol.contracts import SCHEMA_VERSION, ContractError, EnvShape
 from diffpol.contracts.atomic import atomic_directory, atomic_write_json
 from diffpol.contracts.dataset import (
     DatasetManifest,
@@ -90,7 +90,7 @@ def test_newer_manifest_is_rejected(tmp_path):
     raw = json.loads((tmp_path / "manifest.json").read_text())
     raw["schema_version"] = 9
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(ContractError, match="newer than v1"):
+    with pytest.raises(ContractError, match=f"schema v9, newer than v{SCHEMA_VERSION} supported"):
         read_manifest(tmp_path)
 
 

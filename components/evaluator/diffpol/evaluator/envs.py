@@ -43,7 +43,7 @@ class VectorEnvAdapter:
 
     def step(self, actions: np.ndarray):
         result = self._env.step(actions)
-        return result.obs, result.reward, result.terminated, result.truncated
+        return result.obs, result.reward, result.terminated, result.truncated, result.success
 
     def close(self) -> None:
         self._env.close()

@@ -27,7 +27,9 @@ class BatchEnv(Protocol):
 
     def step(
         self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """obs, reward, terminated, truncated, and the env's own success flag (or None)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -54,6 +56,9 @@ class ChunkResult:
     lengths: np.ndarray  # int32 [B]
     successes: np.ndarray  # bool [B]
     policy_calls: int
+    # Steps until the env first reported success (1 = after the first step); -1 where it
+    # never did or reports no flag.
+    success_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     trajectories: dict[int, Trajectory] = field(default_factory=dict)
 
 
@@ -78,6 +83,7 @@ def run_chunk(
     returns = np.zeros(batch, np.float64)
     lengths = np.zeros(batch, np.int32)
     done = np.zeros(batch, bool)
+    success_steps = np.full(batch, -1, np.int32)
     tracker = view.new_tracker(batch)
     recorded_obs = [obs[list(record_rows)]] if record_rows else []
     recorded_act, recorded_rew = [], []
@@ -92,7 +98,7 @@ def run_chunk(
             if step >= max_steps or done.all():
                 break
             actions = chunk_actions[:, k]
-            obs, reward, terminated, truncated = env.step(actions)
+            obs, reward, terminated, truncated, reported = env.step(actions)
             obs = _as_batch(obs, batch, spec.obs_dim, "observation")
             reward = np.asarray(reward, np.float64).reshape(batch)
             terminated = np.asarray(terminated, bool).reshape(batch)
@@ -100,7 +106,11 @@ def run_chunk(
             active = ~done
             returns[active] += reward[active]
             lengths[active] += 1
-            tracker.update(obs, terminated, active)
+            if reported is not None:
+                reported = np.asarray(reported, bool).reshape(batch)
+                first = active & reported & (success_steps < 0)
+                success_steps[first] = lengths[first]
+            tracker.update(obs, terminated, active, reported)
             if record_rows:
                 rows = list(record_rows)
                 recorded_obs.append(obs[rows])
@@ -125,6 +135,7 @@ def run_chunk(
         lengths=lengths,
         successes=tracker.result(),
         policy_calls=calls,
+        success_steps=success_steps,
         trajectories=trajectories,
     )
 

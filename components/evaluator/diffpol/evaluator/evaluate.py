@@ -43,7 +43,7 @@ from diffpol.evaluator.seeds import (
     check_noise_seed,
     chunk_seeds,
 )
-from diffpol.evaluator.stats import ReturnSummary, summarize
+from diffpol.evaluator.stats import ReturnSummary, TaskSuccess, summarize, task_success
 from diffpol.evaluator.tasks import TaskView, task_view
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,10 @@ class PolicyResult:
     examples: dict[str, Trajectory] = field(default_factory=dict)
     example_seeds: dict[str, int] = field(default_factory=dict)
     replay_matches: bool | None = None
+    # Steps to the env's first reported success per episode (-1: none), and the per-task
+    # success table for envs with named tasks (Meta-World).
+    success_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    tasks: list[TaskSuccess] = field(default_factory=list)
 
     def returns_by_seed(self) -> dict[int, float]:
         return dict(zip(self.seeds.tolist(), self.returns.tolist(), strict=True))
@@ -272,6 +276,7 @@ def _evaluate_one(
         returns = np.concatenate([r.returns for r in chunk_results])
         lengths = np.concatenate([r.lengths for r in chunk_results])
         successes = np.concatenate([r.successes for r in chunk_results])
+        success_steps = np.concatenate([r.success_steps for r in chunk_results])
         calls = sum(r.policy_calls for r in chunk_results)
         example_seeds = _example_seeds(seeds, returns) if config.record_examples else {}
         examples, replay_matches = {}, None
@@ -296,6 +301,12 @@ def _evaluate_one(
         examples=examples,
         example_seeds=example_seeds,
         replay_matches=replay_matches,
+        success_steps=success_steps,
+        tasks=task_success(
+            [prepared.env.task_of(s) for s in seeds.tolist()], successes, success_steps
+        )
+        if prepared.env.tasks
+        else [],
     )
 
 

@@ -148,3 +148,26 @@ def test_a_small_run_writes_everything(capsys, tmp_path):
         "trajectories-zero.png",
         "trajectories-rnd.png",
     }
+
+
+def test_an_onnx_model_for_another_obs_dim_is_refused_before_any_worker_starts(capsys, tmp_path):
+    import ray
+
+    # Exported for one Meta-World task (39-D), evaluated on MT10 (49-D with the one-hot).
+    model = tiny_onnx(tmp_path / "reach.onnx", env_id="metaworld/reach-v3", obs_dim=39, act_dim=4)
+    code, err = run_cli(
+        capsys,
+        "--policy",
+        model,
+        "--env",
+        "metaworld/MT10",
+        "--seeds",
+        "0:10",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 2
+    assert (
+        "exported for env 'metaworld/reach-v3'" in err and "obs_dim is 39, the env's is 49" in err
+    )
+    assert not ray.is_initialized() and not (tmp_path / "o").exists()

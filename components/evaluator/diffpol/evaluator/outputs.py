@@ -55,8 +55,21 @@ def episodes_table(result: EvaluationResult) -> pa.Table:
             "return": pa.array(np.concatenate([p.returns for p in policies]), pa.float64()),
             "length": pa.array(np.concatenate([p.lengths for p in policies]), pa.int32()),
             "success": pa.array(np.concatenate([p.successes for p in policies]), pa.bool_()),
+            "task": pa.array(
+                [result.env.task_of(s) for p in policies for s in p.seeds.tolist()], pa.string()
+            ),
+            # Steps to the env's first reported success; -1 where none.
+            "success_steps": pa.array(
+                np.concatenate([_steps(p) for p in policies]).astype(np.int32), pa.int32()
+            ),
         }
     )
+
+
+def _steps(policy: PolicyResult) -> np.ndarray:
+    if policy.success_steps.size == policy.seeds.size:
+        return policy.success_steps
+    return np.full(policy.seeds.size, -1, np.int32)
 
 
 def write_outputs(
@@ -169,6 +182,17 @@ def _policy_json(policy: PolicyResult, plot: str | None) -> dict:
         },
         "replay_matches": policy.replay_matches,
         "trajectory_plot": plot,
+        **_task_json(policy),
+    }
+
+
+def _task_json(policy: PolicyResult) -> dict:
+    """Per-task success (envs with named tasks): the table and its unweighted mean."""
+    if not policy.tasks:
+        return {}
+    return {
+        "tasks": [t.to_json() for t in policy.tasks],
+        "mean_task_success_rate": float(np.mean([t.success_rate for t in policy.tasks])),
     }
 
 

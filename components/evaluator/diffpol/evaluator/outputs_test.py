@@ -26,8 +26,24 @@ def test_outputs_are_written_and_agree_with_the_result(tmp_path):
     ]  # and no temporary files left behind
 
     table = pq.read_table(tmp_path / "episodes.parquet")
-    assert table.column_names == ["policy", "seed", "return", "length", "success"]
-    assert [str(t) for t in table.schema.types] == ["string", "int64", "double", "int32", "bool"]
+    assert table.column_names == [
+        "policy",
+        "seed",
+        "return",
+        "length",
+        "success",
+        "task",
+        "success_steps",
+    ]
+    assert [str(t) for t in table.schema.types] == [
+        "string",
+        "int64",
+        "double",
+        "int32",
+        "bool",
+        "string",
+        "int32",
+    ]
     rows = table.to_pandas()
     assert len(rows) == 12
     for label in policies:
@@ -35,6 +51,8 @@ def test_outputs_are_written_and_agree_with_the_result(tmp_path):
         assert mine.seed.tolist() == list(range(6))
         np.testing.assert_array_equal(mine["return"].to_numpy(), result[label].returns)
         assert (mine.length == 200).all()
+        # Pendulum has no named tasks and reports no success flag.
+        assert (mine.task == "").all() and (mine.success_steps == -1).all()
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["env_id"] == "Pendulum-v1"

@@ -31,6 +31,63 @@ class ReturnSummary:
         return asdict(self)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sound at 0/n and n/n, unlike Wald's)."""
+    if n <= 0:
+        raise ValueError("an interval needs at least one episode")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # At 0/n and n/n the bound is exactly 0 or 1; the formula leaves rounding error.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+@dataclass(frozen=True)
+class TaskSuccess:
+    """One task's success over its episodes: rate, 95% Wilson interval, and the mean number
+    of steps to the first success over the successful episodes (None if none succeeded)."""
+
+    task: str
+    n: int
+    successes: int
+    success_rate: float
+    ci95_low: float
+    ci95_high: float
+    mean_steps_to_success: float | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def task_success(
+    tasks: list[str], successes: np.ndarray, success_steps: np.ndarray
+) -> list[TaskSuccess]:
+    """Per-task success table, tasks in first-seen order."""
+    successes = np.asarray(successes, bool)
+    steps = np.asarray(success_steps)
+    names = np.asarray(tasks)
+    table = []
+    for task in dict.fromkeys(tasks):
+        rows = names == task
+        n, k = int(rows.sum()), int(successes[rows].sum())
+        low, high = wilson_interval(k, n)
+        reached = steps[rows & (steps > 0)]
+        table.append(
+            TaskSuccess(
+                task=task,
+                n=n,
+                successes=k,
+                success_rate=k / n,
+                ci95_low=low,
+                ci95_high=high,
+                mean_steps_to_success=float(reached.mean()) if reached.size else None,
+            )
+        )
+    return table
+
+
 def summarize(returns: np.ndarray, successes: np.ndarray) -> ReturnSummary:
     returns = np.asarray(returns, np.float64)
     n = returns.size

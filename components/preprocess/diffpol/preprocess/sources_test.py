@@ -96,3 +96,43 @@ def test_the_same_data_twice_is_rejected(tmp_path, dataset):
     write_synthetic_dataset(copy, [5, 6, 7], episodes_per_file=2)
     with pytest.raises(ContractError, match="identical data"):
         open_sources([dataset, copy])
+
+
+def _as_v1(root):
+    """Rewrite a dataset as Transition schema v1 wrote it: no task/success, v1 metadata."""
+    import pyarrow.parquet as pq
+
+    from diffpol.contracts import transition_schema
+    from diffpol.contracts.dataset import digest_files
+
+    for path in data_files(root):
+        table = pq.read_table(path).drop_columns(["task", "success"])
+        pq.write_table(table.replace_schema_metadata(transition_schema(3, 1, 1).metadata), path)
+    raw = json.loads((root / MANIFEST).read_text())
+    raw["schema_version"] = 1
+    raw["fingerprint"], raw["file_digests"] = digest_files(data_files(root))
+    (root / MANIFEST).write_text(json.dumps(raw))
+
+
+def test_a_schema_v1_dataset_still_opens_and_reads_the_columns_preprocess_uses(dataset):
+    import pyarrow.parquet as pq
+
+    from diffpol.contracts import upgrade_batch
+    from diffpol.preprocess.sources import INPUT_COLUMNS
+
+    _as_v1(dataset)
+    sources = open_sources([dataset])
+    assert sources.rows == 18 and sources.items[0].manifest.schema_version == 1
+    table = pq.read_table(data_files(dataset)[0])
+    assert "task" not in table.schema.names
+    assert pq.read_table(data_files(dataset)[0], columns=INPUT_COLUMNS).num_rows > 0
+    upgraded = upgrade_batch(table, 3, 1)
+    assert set(upgraded.column("task").to_pylist()) == {""}
+
+
+def test_a_dataset_of_a_newer_schema_is_refused_naming_both_versions(dataset):
+    raw = json.loads((dataset / MANIFEST).read_text())
+    raw["schema_version"] = 3
+    (dataset / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ContractError, match="schema v3, newer than v2 supported here"):
+        open_sources([dataset])

@@ -79,6 +79,8 @@ def synthetic_episodes(
             "terminated": pa.array(terminated),
             "truncated": pa.array(truncated),
             "expert_action": expert,
+            "task": pa.array([""] * n, pa.string()),
+            "success": pa.nulls(n, pa.bool_()),
         },
         schema=schema,
     )

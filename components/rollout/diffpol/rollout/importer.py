@@ -220,6 +220,9 @@ def _convert(table: pa.Table, env: EnvSpec, mapping: ColumnMapping, source: str)
         "terminated": pa.array(terminated),
         "truncated": pa.array(truncated),
         "expert_action": vector(columns["expert_action"], env.act_dim),
+        # Imported rows carry no task name or per-step success flag.
+        "task": pa.array([""] * n, pa.string()),
+        "success": pa.nulls(n, pa.bool_()),
     }
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 

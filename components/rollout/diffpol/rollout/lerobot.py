@@ -410,6 +410,9 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
         "expert_action": vector(cols[EXPERT_ACTION])
         if EXPERT_ACTION in cols
         else pa.nulls(n, pa.list_(pa.float32(), env.act_dim)),
+        # LeRobot's task strings are free text, not diffpol task names; no success flag.
+        "task": pa.array([""] * n, pa.string()),
+        "success": pa.nulls(n, pa.bool_()),
     }
     out = pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
     episode_tasks = task_index[starts]

@@ -29,7 +29,7 @@ def _gym_returns(controller, seeds) -> np.ndarray:
     obs = env.reset()
     total = np.zeros(len(seeds))
     for _ in range(200):
-        obs, reward, _, _ = env.step(np.asarray(controller(obs), np.float32).reshape(-1, 1))
+        obs, reward, *_ = env.step(np.asarray(controller(obs), np.float32).reshape(-1, 1))
         total += reward
     env.close()
     return total

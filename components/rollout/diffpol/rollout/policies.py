@@ -8,10 +8,14 @@ spec                what                                                        
 ``random``          uniform in the action bounds                                  -
 ``zero``            zero action                                                   -
 ``expert``          the best expert measured for the env (Pendulum-v1: the DP     see below
-                    expert; MountainCarContinuous-v0: the energy pump)
+                    expert; MountainCarContinuous-v0: the energy pump; Meta-World
+                    envs: expert-metaworld)
 ``expert-dp``       Pendulum-v1 value-iteration expert (``pendulum_dp``)          grid, torques,
                                                                                   lookup
 ``expert-scripted`` Pendulum-v1 swing-up + LQR; MountainCar energy pump           (force)
+``expert-metaworld`` Meta-World's scripted expert of each row's task              -
+                    (``metaworld.policies``; MT10 reads the task from the one-hot);
+                    only for ``metaworld/...`` envs
 ``noisy-expert``    executes expert + N(0, sigma^2) noise, sigma ~ U[0, noise_max] noise_max,
                     per episode; labels rows with the clean expert action         expert, ...
 ``onnx:PATH``       an exported sampler (``diffpol.sampler.OnnxPolicy``)          -
@@ -249,8 +253,43 @@ _EXPERTS: dict[tuple[str, str], Callable[..., tuple[Controller, dict[str, Any]]]
     ("Pendulum-v1", "expert-scripted"): _pendulum_scripted_controller,
     ("MountainCarContinuous-v0", "expert-scripted"): _mountain_car_controller,
 }
+
+
+class MetaWorldExpert:
+    """Meta-World's scripted policy (``metaworld.policies``) of each row's task on the
+    row's first 39 observation entries; with several tasks the one-hot after them names it."""
+
+    def __init__(self, env: EnvSpec):
+        from metaworld.policies import ENV_POLICY_MAP
+
+        missing = [t for t in env.tasks if t not in ENV_POLICY_MAP]
+        if missing:
+            raise ValueError(f"Meta-World has no scripted policy for {', '.join(missing)}")
+        self.tasks = env.tasks
+        self.policies = [ENV_POLICY_MAP[t]() for t in env.tasks]
+        self.obs_dim = env.obs_dim
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, np.float64)
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"observations must be [B, {self.obs_dim}], got {obs.shape}")
+        which = obs[:, 39:].argmax(1) if len(self.tasks) > 1 else np.zeros(len(obs), int)
+        return np.stack(
+            [self.policies[k].get_action(row[:39]) for k, row in zip(which, obs, strict=True)]
+        ).astype(np.float32)
+
+
+def _metaworld_controller(env: EnvSpec) -> tuple[Controller, dict[str, Any]]:
+    # No params: the env id names the tasks, and actors rebuild the policy from its params.
+    return MetaWorldExpert(env), {}
+
+
 # The best measured expert per env (README: returns over seeds 1000..2999).
 _BEST_EXPERT = {"Pendulum-v1": "expert-dp", "MountainCarContinuous-v0": "expert-scripted"}
+
+
+def _is_metaworld(env: EnvSpec) -> bool:
+    return env.env_id.startswith("metaworld/")
 
 
 def known_policies() -> list[str]:
@@ -258,6 +297,18 @@ def known_policies() -> list[str]:
 
 
 def _make_expert(name: str, env: EnvSpec, params: dict[str, Any]) -> ControllerPolicy:
+    if name == "expert-metaworld" or (name == "expert" and _is_metaworld(env)):
+        if not _is_metaworld(env):
+            raise ValueError(
+                f"expert-metaworld drives Meta-World envs (metaworld/<task> or "
+                f"metaworld/MT10) only; {env.env_id} is not one: use expert for its own expert"
+            )
+        if params:
+            raise ValueError(
+                f"expert-metaworld takes no parameters, got {', '.join(sorted(params))}"
+            )
+        controller, used = _metaworld_controller(env)
+        return ControllerPolicy("expert-metaworld", env, controller, used)
     resolved = _BEST_EXPERT[env.env_id] if name == "expert" else name
     factory = _EXPERTS.get((env.env_id, resolved))
     if factory is None:

@@ -80,6 +80,8 @@ class ShardRunner:
         obs = env.reset(seeds.tolist())
         stepper = policy.start(run_seed, indices, max_steps)
         buf = _StepBuffers(max_steps, len(indices), spec.obs_dim, spec.act_dim, policy.has_label)
+        # The env's per-step success flag; rows stay null where it reports none.
+        reports_success = False
         alive = np.ones(len(indices), dtype=bool)
         # Observation history [B, To, obs_dim]; before step 0 it repeats the first obs.
         history = np.repeat(obs[:, None, :], n_obs, axis=1)
@@ -94,6 +96,9 @@ class ShardRunner:
             if buf.label is not None:
                 buf.label[t] = labels[:, k]
             result = env.step(action)
+            if result.success is not None:
+                reports_success = True
+                buf.success[t] = result.success
             buf.reward[t] = result.reward
             buf.terminated[t] = result.terminated
             # The plan's step limit may be below the env's own: truncate here too.
@@ -108,7 +113,8 @@ class ShardRunner:
                 history = result.obs[:, None, :]
             else:
                 history = np.concatenate([history[:, 1:], result.obs[:, None, :]], axis=1)
-        columns = buf.columns(self.schema)
+        columns = buf.columns(self.schema, reports_success)
+        columns["task"] = pa.array(np.repeat([spec.task_of(s) for s in seeds], buf.lengths))
         columns["episode_id"] = pa.array(np.repeat(episode_ids(run_seed, indices), buf.lengths))
         columns["seed"] = pa.array(np.repeat(seeds, buf.lengths))
         batch = pa.RecordBatch.from_arrays(
@@ -141,9 +147,10 @@ class _StepBuffers:
         self.reward = np.empty((max_steps, n), dtype=np.float32)
         self.terminated = np.zeros((max_steps, n), dtype=bool)
         self.truncated = np.zeros((max_steps, n), dtype=bool)
+        self.success = np.zeros((max_steps, n), dtype=bool)
         self.lengths = np.full(n, max_steps, dtype=np.int64)
 
-    def columns(self, schema: pa.Schema) -> dict[str, pa.Array]:
+    def columns(self, schema: pa.Schema, success: bool) -> dict[str, pa.Array]:
         """Step columns, episode-major, each episode's steps 0..length-1 only."""
         steps, n = int(self.lengths.max()), len(self.lengths)
         # Every episode as long as the longest (Pendulum): a plain transpose, no mask.
@@ -176,4 +183,5 @@ class _StepBuffers:
                 if self.label is not None
                 else pa.nulls(total, schema.field("expert_action").type)
             ),
+            "success": pa.array(rows(self.success)) if success else pa.nulls(total, pa.bool_()),
         }
