@@ -48,6 +48,9 @@ VARIANTS = {
     "mlp-3x64-relu": {},
 }
 GOAL_VARIANT = "unet-32-64-128-k5"
+# CI's bounded form times the goal's U-Net and the MLP reference only (each export is
+# validated against PyTorch, which for the largest U-Net alone takes about a minute).
+TIMED = list(VARIANTS) if CHECK_GOALS else [GOAL_VARIANT, "mlp-3x64-relu"]
 GOAL_P50_MS = 10.0
 GOAL_SPEEDUP = 3.0
 
@@ -74,7 +77,7 @@ def _interleaved(fns, rounds: int, block: int = 10) -> list[np.ndarray]:
     return [np.asarray(t) / 1e6 for t in times]
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", TIMED)
 def test_unet_chunk_latency_batch1(name):
     torch.set_num_threads(1)
     torch.manual_seed(0)
