@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 
 from diffpol.contracts import ContractError
 from diffpol.evaluator import compare
 from diffpol.pipeline.faults import FAULT_MARKER_ENV, KILL_WORKER_AT_EPOCH_ENV, kill_worker_from_env
-from diffpol.pipeline.run import _section
+from diffpol.pipeline.run import _section, requested_faults
 from diffpol.trainer.faults import KillWorkerOnce
 
 
 def test_no_fault_is_injected_unless_asked():
     assert kill_worker_from_env({}, epochs=3) is None
     assert kill_worker_from_env({FAULT_MARKER_ENV: "/tmp/x"}, epochs=3) is None
+
+
+def test_the_pipeline_loads_the_fault_hook_by_name_only_when_asked(tmp_path, monkeypatch):
+    assert requested_faults({"PATH": "/bin"}, epochs=2) == []
+    env = {KILL_WORKER_AT_EPOCH_ENV: "1", FAULT_MARKER_ENV: str(tmp_path / "killed.txt")}
+    (kill,) = requested_faults(env, epochs=2)
+    assert isinstance(kill, KillWorkerOnce) and kill.epoch == 1
+    # A build without the hook (the wheel) refuses the variable instead of ignoring it.
+    monkeypatch.setitem(sys.modules, "diffpol.pipeline.faults", None)
+    with pytest.raises(ValueError, match="no fault hook"):
+        requested_faults(env, epochs=2)
 
 
 def test_the_fault_hook_kills_at_the_epoch_asked_and_records_in_an_absolute_marker(
