@@ -32,6 +32,7 @@ from diffpol.trainer.checkpoint import CheckpointError, load_policy_weights, rea
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.distributed import broadcast_from_rank0, world_rank
 from diffpol.trainer.modeling import DiffusionPolicyModel
+from diffpol.trainer.sampling import require_step_noise
 
 # Samplers per objective, the first the default.
 SAMPLERS_BY_OBJECTIVE: dict[str, tuple[str, ...]] = {
@@ -84,11 +85,7 @@ class FewStepLoop(nn.Module):
         return SamplingLoopSpec(self.denoiser, self.time_features, self.updates, self.clip_range)
 
     def forward(self, obs_norm, noise, step_noise=None) -> torch.Tensor:
-        if self.step_noise_steps and step_noise is None:
-            raise ValueError(
-                f"this {self.sampler} loop adds noise at {self.step_noise_steps} steps: "
-                f"pass step_noise [B, {self.step_noise_steps}, {self.horizon}, {self.act_dim}]"
-            )
+        require_step_noise(self, step_noise)
         cond = self.denoiser.encode_condition(obs_norm.flatten(1))
         time_terms = self.denoiser.time_terms(self.time_features)
         x, k = noise.flatten(1), 0

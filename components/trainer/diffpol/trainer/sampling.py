@@ -15,6 +15,15 @@ from diffpol.diffusion.embedding import sinusoidal_embedding
 from diffpol.diffusion.sampling_loop import Denoiser
 
 
+def require_step_noise(loop: nn.Module, step_noise: torch.Tensor | None) -> None:
+    """A loop that adds fresh noise at some steps must be given it (``step_noise``)."""
+    if loop.step_noise_steps and step_noise is None:
+        raise ValueError(
+            f"this {loop.sampler} loop adds noise at {loop.step_noise_steps} steps: "
+            f"pass step_noise [B, {loop.step_noise_steps}, {loop.horizon}, {loop.act_dim}]"
+        )
+
+
 class DenoisingLoop(nn.Module):
     """DDPM or DDIM sampling of a trained denoiser (``diffpol.diffusion.Denoiser``: the
     MLP or the U-Net)."""
@@ -64,11 +73,7 @@ class DenoisingLoop(nn.Module):
         noise: torch.Tensor,
         step_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.step_noise_steps and step_noise is None:
-            raise ValueError(
-                f"this {self.sampler} loop adds noise at {self.step_noise_steps} steps: "
-                f"pass step_noise [B, {self.step_noise_steps}, {self.horizon}, {self.act_dim}]"
-            )
+        require_step_noise(self, step_noise)
         cond = self.denoiser.encode_condition(obs_norm.flatten(1))
         time_terms = self.denoiser.time_terms(self.time_features)
         x = noise.flatten(1)
