@@ -9,6 +9,8 @@ Env ids (``known_env_ids()`` lists them):
 - ``metaworld/MT10``: the ten MT10 tasks as one env with 49-D observations, the 39 above
   plus the task one-hot in MT10's own order (``MT10_TASKS``). The episode with reset seed
   ``s`` runs task ``MT10_TASKS[s % 10]``, so any 10 consecutive seeds cover every task once.
+- ``metaworld/<task>+<task>...``: a set of MT10 tasks the same way, the one-hot over those
+  tasks in the order given (e.g. ``metaworld/reach-v3+drawer-close-v3``, 41-D).
 
 Seeding: the episode with reset seed ``s`` starts from the object and goal positions that
 ``gymnasium.make("Meta-World/goal_observable", env_name=TASK, seed=s)`` draws (Meta-World's

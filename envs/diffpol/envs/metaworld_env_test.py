@@ -121,3 +121,18 @@ def test_unknown_task_names_the_known_ones():
         get_env_spec("metaworld/pick-plce-v3")
     with pytest.raises(ValueError, match="not available"):
         make_vector_env("metaworld/reach-v3", 1, [0], backend="gymnasium")
+
+
+def test_a_task_set_is_a_multi_task_env_with_its_own_one_hot():
+    spec = get_env_spec("metaworld/drawer-close-v3+reach-v3")
+    assert spec.tasks == ("drawer-close-v3", "reach-v3") and spec.shape.obs_dim == 41
+    actions = np.zeros((3, 2, 4), np.float32)
+    obs, _ = _adapter("metaworld/drawer-close-v3+reach-v3", [4, 7], actions)
+    # Seed 4 runs drawer-close (4 % 2 == 0), seed 7 reach: each matches Meta-World's own env.
+    for column, task, seed in ((0, "drawer-close-v3", 4), (1, "reach-v3", 7)):
+        reference, _ = _reference(task, seed, actions[:, column])
+        np.testing.assert_array_equal(obs[:, column, :39], reference)
+    np.testing.assert_array_equal(obs[0, :, 39:], [[1, 0], [0, 1]])
+    for bad in ("metaworld/reach-v3+reach-v3", "metaworld/reach-v3+pick-plce-v3"):
+        with pytest.raises(ValueError, match="distinct MT10 tasks"):
+            get_env_spec(bad)

@@ -176,6 +176,8 @@ def get_env_spec(env_id: str) -> EnvSpec:
     try:
         return _SPECS[env_id]
     except KeyError:
+        if env_id.startswith(_mw.PREFIX) and "+" in env_id:
+            return _metaworld_task_set(env_id)
         if env_id.startswith(_mw.PREFIX):
             raise ValueError(
                 f"unknown Meta-World task {env_id[len(_mw.PREFIX) :]!r} in {env_id!r}; known: "
@@ -468,6 +470,20 @@ def _metaworld_spec(env_id: str, tasks: tuple[str, ...]) -> EnvSpec:
         act_names=("dx", "dy", "dz", "grip"),
         tasks=tasks,
     )
+
+
+def _metaworld_task_set(env_id: str) -> EnvSpec:
+    """``metaworld/<task>+<task>...``: those MT10 tasks as one multi-task env, one-hot in the
+    order given (built on first use)."""
+    tasks = tuple(env_id[len(_mw.PREFIX) :].split("+"))
+    unknown = [t for t in tasks if t not in _mw.MT10_TASKS]
+    if unknown or len(set(tasks)) != len(tasks):
+        raise ValueError(
+            f"{env_id!r} must join distinct MT10 tasks with '+'"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            + f"; the MT10 tasks: {', '.join(_mw.MT10_TASKS)}"
+        )
+    return _SPECS.setdefault(env_id, _metaworld_spec(env_id, tasks))
 
 
 # At the end of the module: metaworld_env subclasses VectorEnv, defined above.

@@ -23,9 +23,11 @@ from diffpol.evaluator.evaluate import (
 from diffpol.evaluator.outputs import (
     episodes_table,
     evaluation_report,
+    success_table,
     summary_json,
     write_outputs,
 )
+from diffpol.evaluator.plots import success_figure
 from diffpol.evaluator.policies import PolicySource, parse_policy
 from diffpol.evaluator.seeds import SEEDING_RULE, SeedChunk, SeedRange, call_seed, chunk_seeds
 from diffpol.evaluator.stats import (
@@ -69,6 +71,8 @@ __all__ = [
     "prepare",
     "run_chunk",
     "run_prepared",
+    "success_figure",
+    "success_table",
     "summarize",
     "summary_json",
     "t_two_sided_p",

@@ -94,3 +94,24 @@ def test_mt10_outputs_carry_the_per_task_table(mt10, tmp_path):
     episodes = pq.read_table(tmp_path / "episodes.parquet").to_pandas()
     assert episodes.task.tolist() == list(MT10_TASKS)
     assert episodes.success_steps.tolist() == mt10["expert"].success_steps.tolist()
+    # The side-by-side success table: a row per task in MT10's order, the cell of each
+    # task its rate and steps, then the mean over tasks; and the plot beside it.
+    table = (tmp_path / "success.md").read_text().split("\n")
+    rows = [line for line in table if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| task | expert |"
+    expert = mt10["expert"]
+    for line, task_row in zip(rows[1:-1], expert.tasks, strict=True):
+        steps = task_row.mean_steps_to_success
+        expected = f"{100 * task_row.success_rate:.0f}% [" if steps else "0% ["
+        assert line.startswith(f"| {task_row.task} | {expected}")
+        assert line.endswith(f"· {steps:.0f} |" if steps else "· - |")
+    assert rows[-1] == f"| mean over tasks | **{100 * np.mean(rates):.1f}%** |"
+    assert (tmp_path / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_env_without_tasks_has_no_success_table(tmp_path):
+    from diffpol.evaluator import success_table
+
+    result = evaluate({"zero": "zero"}, "Pendulum-v1", "0:2", workers=0, record_examples=False)
+    with pytest.raises(ValueError, match="no named tasks"):
+        success_table(result)

@@ -4,6 +4,7 @@ DIR/episodes.parquet              policy, seed, return, length, success (one row
 DIR/returns.png                   return distributions of every policy
 DIR/trajectories-<policy>.png     best, median and worst episode of each policy
 DIR/comparison.md                 side-by-side table with paired differences
+DIR/success.md, DIR/success.png   success per task, side by side (envs with named tasks)
 DIR/report.pb                     the summaries as a diffpol.v1.EvaluationReport message
 DIR/summary.json                  per-policy statistics and how they were obtained
 """
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from diffpol.contracts import CONTRACT_VERSION
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
 from diffpol.evaluator.evaluate import EvaluationResult, PolicyResult
-from diffpol.evaluator.plots import returns_figure, trajectories_figure
+from diffpol.evaluator.plots import returns_figure, success_figure, trajectories_figure
 from diffpol.evaluator.seeds import SEEDING_RULE
 from diffpol.v1 import evaluator_pb2
 
@@ -34,6 +35,8 @@ EPISODES = "episodes.parquet"
 SUMMARY = "summary.json"
 RETURNS_PLOT = "returns.png"
 COMPARISON = "comparison.md"
+SUCCESS_TABLE = "success.md"
+SUCCESS_PLOT = "success.png"
 REPORT = "report.pb"
 STATISTICS = (
     "mean of episode returns; std = sample standard deviation (ddof=1, null for n = 1); "
@@ -89,10 +92,54 @@ def write_outputs(
             files[name] = atomic_write_bytes(out / name, trajectories_figure(result, policy))
     if comparison is not None:
         files[COMPARISON] = atomic_write_bytes(out / COMPARISON, comparison.to_markdown().encode())
+    if any(p.tasks for p in result.policies):
+        files[SUCCESS_TABLE] = atomic_write_bytes(
+            out / SUCCESS_TABLE, success_table(result).encode()
+        )
+        files[SUCCESS_PLOT] = atomic_write_bytes(out / SUCCESS_PLOT, success_figure(result))
     files[REPORT] = atomic_write_bytes(out / REPORT, evaluation_report(result).SerializeToString())
     summary = summary_json(result, comparison, {k: p.name for k, p in files.items()})
     files[SUMMARY] = atomic_write_json(out / SUMMARY, summary)
     return files
+
+
+def success_table(result: EvaluationResult) -> str:
+    """Markdown: one row per task and the mean over tasks, one column per policy; a cell is
+    the success rate, its 95% Wilson interval and the mean steps to success."""
+    policies = [p for p in result.policies if p.tasks]
+    if not policies:
+        raise ValueError(f"{result.env.env_id} has no named tasks to tabulate success per task of")
+    tasks = [t.task for t in policies[0].tasks]
+    for p in policies:
+        if [t.task for t in p.tasks] != tasks:
+            raise ValueError(f"policy {p.label!r} ran other tasks than {policies[0].label!r}")
+    n = len(result.config.seeds)
+    lines = [
+        f"## {result.env.env_id}: success per task, seeds {result.config.seeds} (n = {n}, "
+        f"{n // len(tasks)} per task)",
+        "",
+        "| task | " + " | ".join(p.label.replace("|", "\\|") for p in policies) + " |",
+        "|---|" + "---:|" * len(policies),
+    ]
+    for i, task in enumerate(tasks):
+        cells = []
+        for p in policies:
+            t = p.tasks[i]
+            steps = f"{t.mean_steps_to_success:.0f}" if t.mean_steps_to_success else "-"
+            cells.append(
+                f"{100 * t.success_rate:.0f}% [{100 * t.ci95_low:.0f}, {100 * t.ci95_high:.0f}]"
+                f" · {steps}"
+            )
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    means = [f"**{100 * np.mean([t.success_rate for t in p.tasks]):.1f}%**" for p in policies]
+    lines += [
+        "| mean over tasks | " + " | ".join(means) + " |",
+        "",
+        "Cell: success rate [95% Wilson interval] · mean steps to the first success (over the "
+        f"successful episodes). Success: {result.view.success_definition}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def evaluation_report(result: EvaluationResult) -> evaluator_pb2.EvaluationReport:

@@ -98,3 +98,48 @@ def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def success_figure(result: EvaluationResult) -> bytes:
+    """Success rate per task (envs with named tasks), one bar per policy with its 95%
+    Wilson interval, and the mean over tasks as the last group."""
+    plt = _pyplot()
+    policies = [p for p in result.policies if p.tasks]
+    if not policies:
+        raise ValueError(f"{result.env.env_id} has no named tasks to plot success per task of")
+    tasks = [t.task for t in policies[0].tasks]
+    groups = [*tasks, "mean"]
+    width = 0.8 / len(policies)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) + 2), 4.2), dpi=110)
+    try:
+        x = np.arange(len(groups))
+        for k, p in enumerate(policies):
+            rows = {t.task: t for t in p.tasks}
+            rates = np.array([rows[t].success_rate for t in tasks])
+            low = np.array([rows[t].ci95_low for t in tasks])
+            high = np.array([rows[t].ci95_high for t in tasks])
+            heights = np.append(rates, rates.mean())
+            errors = np.vstack([np.append(rates - low, 0), np.append(high - rates, 0)])
+            ax.bar(
+                x - 0.4 + width * (k + 0.5),
+                100 * heights,
+                width,
+                yerr=100 * errors,
+                capsize=2,
+                label=p.label,
+            )
+        ax.set_xticks(x)
+        ax.set_xticklabels([g.removesuffix("-v3") for g in groups], rotation=30, ha="right")
+        ax.set_ylabel("success (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(
+            f"{result.env.env_id}: success per task over seeds {result.config.seeds} "
+            "(bars: 95% Wilson interval)",
+            fontsize=10,
+        )
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        return _png(fig)
+    finally:
+        plt.close(fig)

@@ -47,8 +47,6 @@ from diffpol.trainer.config import Config, ModelConfig, PolicyType
 from diffpol.trainer.metrics import METRICS_CSV
 from diffpol.trainer.training import PolicyRun, TrainResult, train_many
 
-# The baselines the report compares against, trained on the same samples.
-BASELINES: tuple[PolicyType, ...] = ("bc", "seed-tutorial")
 RAY_LOG = "ray.log"
 
 
@@ -107,19 +105,49 @@ def run_pipeline(
         if data is None:
             with stage("collect", timings):
                 dataset = collect_data(preset, out / "data", seed=seed)
+                variants = variant_data(preset, dataset, out, seed=seed, collected=True)
         else:
             with stage("import", timings):
                 dataset, preset = use_dataset(preset, Path(data), out / "data", env_id)
+                variants = variant_data(preset, dataset, out, seed=seed, collected=False)
         with stage("preprocess", timings):
             samples = make_samples(
                 preset, dataset, out / "samples", seed=seed, ray_progress=verbose
             )
+            variant_samples = {
+                v.name: make_samples(
+                    preset,
+                    variants[v.name],
+                    out / f"samples-{v.name}",
+                    seed=seed,
+                    ray_progress=verbose,
+                    window=v.window,
+                )
+                for v in preset.variants
+                if v.name in variants
+            }
         with stage("train", timings):
-            runs = train_policies(preset, samples, out, seed=seed, callbacks=fault_callbacks)
+            runs = train_policies(
+                preset,
+                samples,
+                out,
+                seed=seed,
+                callbacks=fault_callbacks,
+                variant_samples=variant_samples,
+            )
         with stage("export", timings):
             onnx_path = export_policy(preset, runs["diffusion"], out / "policy.onnx")
+            variant_onnx = {
+                v.name: export_policy(
+                    preset, runs[VARIANT_PREFIX + v.name], out / "variants" / f"{v.name}.onnx"
+                )
+                for v in preset.variants
+                if VARIANT_PREFIX + v.name in runs
+            }
         with stage("evaluate", timings):
-            evaluation = evaluate_policies(preset, runs, onnx_path, out / "eval", seed=seed)
+            evaluation = evaluate_policies(
+                preset, runs, onnx_path, out / "eval", seed=seed, variants=variant_onnx
+            )
         sampler_rows = None
         if preset.samplers:
             with stage("samplers", timings):
@@ -140,7 +168,7 @@ def run_pipeline(
 # --- stages -------------------------------------------------------------------------
 
 
-def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
+def collect_data(preset: Preset, data_dir: Path, *, seed: int, episodes: int | None = None) -> Path:
     from diffpol.contracts import ContractError
     from diffpol.contracts.dataset import read_manifest
     from diffpol.rollout import collect, make_plan, resolve_plan
@@ -148,7 +176,7 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
     plan = make_plan(
         preset.env_id,
         preset.data_policy,
-        preset.episodes,
+        episodes or preset.episodes,
         seed,
         {"noise_max": preset.noise_max},
     )
@@ -169,6 +197,7 @@ def collect_data(preset: Preset, data_dir: Path, *, seed: int) -> Path:
             plan,
             data_dir,
             num_actors=preset.rollout_actors,
+            envs_per_actor=preset.envs_per_actor,
             progress=lambda report: bar.update(report.num_episodes),
             overwrite=True,
         )
@@ -206,13 +235,41 @@ def use_dataset(
     return dataset, dataclasses.replace(preset, env_id=manifest.env.env_id)
 
 
+def variant_data(
+    preset: Preset, dataset: Path, out: Path, *, seed: int, collected: bool
+) -> dict[str, Path]:
+    """Each variant's dataset: the run's own, or for a variant with fewer episodes the first
+    ones collected again (episode i is reset with seed + i, so they are the same tasks and
+    starts). A dataset given with ``--data`` is not re-collected: such variants are left
+    out, and the log says so."""
+    data = {}
+    for v in preset.variants:
+        if v.episodes is None:
+            data[v.name] = dataset
+        elif collected:
+            log(f"variant {v.name}: its {v.episodes} episodes")
+            data[v.name] = collect_data(
+                preset, out / f"data-{v.name}", seed=seed, episodes=v.episodes
+            )
+        else:
+            log(f"variant {v.name} ({v.label}) left out: it re-collects, and --data was given")
+    return data
+
+
 def make_samples(
-    preset: Preset, dataset: Path, samples_dir: Path, *, seed: int, ray_progress: bool = False
+    preset: Preset,
+    dataset: Path,
+    samples_dir: Path,
+    *,
+    seed: int,
+    ray_progress: bool = False,
+    window=None,
 ) -> Path:
+    """Preprocess ``dataset`` with the preset's window (or ``window``) into ``samples_dir``."""
     from diffpol.contracts.samples import SAMPLES_FILE, load_samples
     from diffpol.preprocess import PreprocessConfig, preprocess
 
-    window = preset.window
+    window = window or preset.window
     if (samples_dir / SAMPLES_FILE).exists():
         info = load_samples(samples_dir).info
         if info.window == window:
@@ -273,10 +330,21 @@ def few_step_policies(preset: Preset) -> tuple[str, ...]:
 TRAIN_RUN_NAME = "policies"
 
 
+# A variant's policy name in the training run, its outputs and the report.
+VARIANT_PREFIX = "variant-"
+
+
 def train_policies(
-    preset: Preset, samples: Path, out: Path, *, seed: int, callbacks: Sequence[Any] = ()
+    preset: Preset,
+    samples: Path,
+    out: Path,
+    *,
+    seed: int,
+    callbacks: Sequence[Any] = (),
+    variant_samples: Mapping[str, Path] | None = None,
 ) -> dict[str, TrainResult]:
-    """Train the diffusion policy, then the baselines, in one Ray Train run.
+    """Train the diffusion policy, then the few-step policies and baselines, then each
+    variant on its own samples (``variant_samples``), in one Ray Train run.
 
     A run's fixed cost (controller, placement group, worker process importing torch and
     Lightning, dataset and split-coordinator actors; tens of seconds on a laptop)
@@ -286,7 +354,7 @@ def train_policies(
     """
     runs = {}
     extra = few_step_policies(preset)
-    for policy_type in ("diffusion", *extra, *BASELINES):
+    for policy_type in ("diffusion", *extra, *preset.baselines):
         if policy_type in extra:
             config = few_step_config(preset, policy_type, seed=seed)
         else:
@@ -302,6 +370,17 @@ def train_policies(
             out / "train" / policy_type,
             tuple(callbacks) if policy_type == "diffusion" else (),
         )
+    for v in preset.variants:
+        if v.name not in (variant_samples or {}):
+            continue
+        config = runs["diffusion"].config
+        config = dataclasses.replace(
+            config,
+            model=dataclasses.replace(config.model, window=v.window or config.model.window),
+            train=dataclasses.replace(config.train, epochs=v.epochs or config.train.epochs),
+        )
+        name = VARIANT_PREFIX + v.name
+        runs[name] = PolicyRun(config, out / "train" / name, samples_dir=variant_samples[v.name])
     log(
         "training "
         + ", then ".join(f"{name} ({run.config.train.epochs} epochs)" for name, run in runs.items())
@@ -337,64 +416,106 @@ class Evaluation:
 
 
 def evaluate_policies(
-    preset: Preset, runs: dict[str, TrainResult], onnx_path: Path, eval_dir: Path, *, seed: int
+    preset: Preset,
+    runs: dict[str, TrainResult],
+    onnx_path: Path,
+    eval_dir: Path,
+    *,
+    seed: int,
+    variants: Mapping[str, Path] | None = None,
 ) -> Evaluation:
+    """The headline and side-by-side comparisons (``Preset.headline`` / ``side_by_side``)
+    on one set of episode actors, with the gRPC sampler serving the ONNX policy if asked."""
     import ray
 
     from diffpol.evaluator import EpisodeWorkers, SeedRange, compare
     from diffpol.sampler import start_sampler_actor
-    from diffpol.trainer.policy import load_policy
 
-    # The sampler first: the episode workers share out the CPUs it leaves free.
-    actor, address = start_sampler_actor(onnx_path)
-    grpc = f"grpc://{address}"
-    ddim = f"diffusion DDIM-{preset.ddim_steps}"
-    try:
+    variants = dict(variants or {})
+    roles = {*preset.headline, *preset.side_by_side}
+    actor, grpc = None, None
+    if "grpc" in roles:
+        # The sampler first: the episode workers share out the CPUs it leaves free.
+        actor, address = start_sampler_actor(onnx_path)
+        grpc = f"grpc://{address}"
         log(f"sampler serving {onnx_path.name} at {grpc}")
-        checkpoint = runs["diffusion"].checkpoint_dir
+    try:
+        policies = _role_policies(preset, runs, onnx_path, grpc, variants)
         parts = {
-            "headline": (
-                preset.eval_seeds,
-                {"expert": "expert", f"{ddim} (ONNX)": str(onnx_path), f"{ddim} (gRPC)": grpc},
-            ),
-            "side_by_side": (
-                preset.torch_eval_seeds,
-                {
-                    "random": "random",
-                    "zero": "zero",
-                    "seed-tutorial": load_policy(runs["seed-tutorial"].checkpoint_dir),
-                    "BC": load_policy(runs["bc"].checkpoint_dir),
-                    "expert": "expert",
-                    f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)": load_policy(
-                        checkpoint, "ddpm", preset.ddpm_steps
-                    ),
-                    f"{ddim} (PyTorch)": load_policy(checkpoint, "ddim", preset.ddim_steps),
-                    f"{ddim} (ONNX)": str(onnx_path),
-                    f"{ddim} (gRPC)": grpc,
-                },
-            ),
+            "headline": (preset.eval_seeds, preset.headline),
+            "side_by_side": (preset.torch_eval_seeds, preset.side_by_side),
+        }
+        parts = {
+            part: (seeds, dict(policies[r]() for r in part_roles if r in policies))
+            for part, (seeds, part_roles) in parts.items()
         }
         episodes = sum(len(SeedRange.parse(seeds)) * len(p) for seeds, p in parts.values())
         # Both comparisons run on one set of episode actors (each a process to start).
+        # Example trajectories are replayed for envs without tasks (a Meta-World plot of
+        # hand x says little); tasks get the per-task success table and plot instead.
+        has_tasks = bool(_env_tasks(preset.env_id))
         with (
             EpisodeWorkers(preset.env_id, noise_seed=seed) as pool,
             progress_bar(episodes, "episode", "evaluate") as bar,
         ):
             results = {
                 part: compare(
-                    policies,
+                    part_policies,
                     preset.env_id,
                     seeds,
                     noise_seed=seed,
                     out=eval_dir / part,
                     progress=bar.update,
                     pool=pool,
+                    record_examples=not has_tasks,
                 )
-                for part, (seeds, policies) in parts.items()
+                for part, (seeds, part_policies) in parts.items()
             }
     finally:
-        ray.kill(actor, no_restart=True)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
     return Evaluation(*results["headline"], *results["side_by_side"])
+
+
+def _env_tasks(env_id: str) -> tuple[str, ...]:
+    from diffpol.envs import get_env_spec
+
+    return get_env_spec(env_id).tasks
+
+
+def _role_policies(
+    preset: Preset,
+    runs: dict[str, TrainResult],
+    onnx_path: Path,
+    grpc: str | None,
+    variants: Mapping[str, Path],
+) -> dict:
+    """Each evaluation role as a thunk giving (label, policy input); PyTorch policies are
+    loaded only for the roles asked for. Variants without a trained policy (``--data``
+    leaves the re-collecting ones out) have no entry."""
+    from diffpol.trainer.policy import load_policy
+
+    checkpoint = runs["diffusion"].checkpoint_dir
+    ddim = f"diffusion DDIM-{preset.ddim_steps}"
+    policies = {
+        "expert": lambda: ("expert", "expert"),
+        "random": lambda: ("random", "random"),
+        "zero": lambda: ("zero", "zero"),
+        "onnx": lambda: (f"{ddim} (ONNX)", str(onnx_path)),
+        "grpc": lambda: (f"{ddim} (gRPC)", grpc),
+        "ddim": lambda: (f"{ddim} (PyTorch)", load_policy(checkpoint, "ddim", preset.ddim_steps)),
+        "ddpm": lambda: (
+            f"diffusion DDPM-{preset.ddpm_steps} (PyTorch)",
+            load_policy(checkpoint, "ddpm", preset.ddpm_steps),
+        ),
+    }
+    labels = {"bc": "BC", "seed-tutorial": "seed-tutorial"}
+    for name in preset.baselines:
+        policies[name] = lambda name=name: (labels[name], load_policy(runs[name].checkpoint_dir))
+    for v in preset.variants:
+        if v.name in variants:
+            policies[f"variant:{v.name}"] = lambda v=v: (v.label, str(variants[v.name]))
+    return policies
 
 
 def compare_samplers(
@@ -450,7 +571,15 @@ def _versions() -> dict[str, str]:
 
 
 def _summaries(result) -> dict[str, dict]:
-    return {p.label: {**p.summary.to_json(), "wall_time_s": p.wall_time_s} for p in result.policies}
+    summaries = {}
+    for p in result.policies:
+        summaries[p.label] = {**p.summary.to_json(), "wall_time_s": p.wall_time_s}
+        if p.tasks:
+            summaries[p.label]["tasks"] = [t.to_json() for t in p.tasks]
+            summaries[p.label]["mean_task_success_rate"] = sum(
+                t.success_rate for t in p.tasks
+            ) / len(p.tasks)
+    return summaries
 
 
 def _collect_plots(out: Path, runs: dict[str, TrainResult], evaluation: Evaluation) -> list[Path]:
@@ -498,8 +627,17 @@ def write_report(
         "eval": {
             "policy": ddim_onnx,
             "seeds": preset.eval_seeds,
-            **{k: headline[ddim_onnx][k] for k in ("mean", "std", "stderr", "n")},
-            "gap_to_expert": headline[ddim_onnx]["mean"] - headline["expert"]["mean"],
+            **{
+                k: headline[ddim_onnx][k]
+                for k in ("mean", "std", "stderr", "n", "success_rate", "mean_task_success_rate")
+                if k in headline[ddim_onnx]
+            },
+            # In return; an env with tasks scores success instead (its episodes end there).
+            **(
+                {"gap_to_expert": headline[ddim_onnx]["mean"] - headline["expert"]["mean"]}
+                if "expert" in headline and "mean_task_success_rate" not in headline[ddim_onnx]
+                else {}
+            ),
         },
         "headline": headline,
         "side_by_side": _summaries(evaluation.side_by_side),
@@ -539,27 +677,24 @@ def _section(title: str, table) -> list[str]:
 
 def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, plots) -> str:
     model = preset.config.model
-    e = summary["eval"]
-    lines = [
-        "# diffpol run report",
-        "",
-        f"**{e['policy']}** on {preset.env_id}, env seeds {e['seeds']} (held out from the "
-        f"data): mean return **{e['mean']:.1f}** ± {e['stderr']:.1f} (standard error, "
-        f"n = {e['n']}); gap to the data's expert {e['gap_to_expert']:+.1f}.",
-        "",
+    lines = ["# diffpol run report", "", _headline_sentence(preset, summary), ""]
+    lines += [
         "## What ran",
         "",
         f"- data: {summary['data_description']}",
+        f"- split: evaluation on env seeds {preset.eval_seeds} (side by side "
+        f"{preset.torch_eval_seeds}); a collected episode i is reset with seed + i, so data and "
+        "evaluation start from disjoint seeds and goal configurations",
         f"- model: {model.policy_type}, To={model.window.n_obs_steps}, "
         f"T={model.window.horizon}, Ta={model.window.n_action_steps}, {_denoiser(model)}, "
         f"{model.schedule.beta_schedule} schedule with "
         f"{model.schedule.num_train_timesteps} steps, {preset.config.train.epochs} epochs",
-        f"- baselines: {', '.join(BASELINES)} ({preset.baseline_epochs} epochs)",
+        f"- baselines: {', '.join(preset.baselines)} ({preset.baseline_epochs} epochs)",
+        *[f"- variant {v.name}: {v.label}" for v in preset.variants],
         "- stage seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
         "",
-        *_section("Headline", evaluation.headline_table),
-        *_section("Every policy side by side", evaluation.side_by_side_table),
+        *_evaluation_sections(out, evaluation),
         *_sampler_section(preset, summary),
         "## Plots",
         "",
@@ -567,6 +702,47 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "",
     ]
     return "\n".join(lines)
+
+
+def _headline_sentence(preset: Preset, summary: dict) -> str:
+    e = summary["eval"]
+    where = f"on {preset.env_id}, env seeds {e['seeds']} (held out from the data)"
+    if "mean_task_success_rate" in e:
+        expert = summary["headline"].get("expert", {}).get("mean_task_success_rate")
+        versus = f"; the scripted expert {100 * expert:.1f}%" if expert is not None else ""
+        return (
+            f"**{e['policy']}** {where}: mean success over tasks "
+            f"**{100 * e['mean_task_success_rate']:.1f}%** (n = {e['n']}){versus}."
+        )
+    gap = f"; gap to the data's expert {e['gap_to_expert']:+.1f}" if "gap_to_expert" in e else ""
+    return (
+        f"**{e['policy']}** {where}: mean return **{e['mean']:.1f}** ± {e['stderr']:.1f} "
+        f"(standard error, n = {e['n']}){gap}."
+    )
+
+
+def _evaluation_sections(out: Path, evaluation: Evaluation) -> list[str]:
+    """The comparison tables: success per task for envs with named tasks (their returns,
+    which end at the first success, are left to ``eval/*/comparison.md``), otherwise
+    returns with paired differences."""
+    from diffpol.evaluator.outputs import SUCCESS_TABLE
+
+    parts = (
+        ("headline", "Headline", evaluation.headline_table),
+        ("side_by_side", "Every policy side by side", evaluation.side_by_side_table),
+    )
+    if not (out / "eval" / "headline" / SUCCESS_TABLE).exists():
+        return [line for _, title, table in parts for line in _section(title, table)]
+    lines = []
+    for part, title, _ in parts:
+        text = (out / "eval" / part / SUCCESS_TABLE).read_text().rstrip("\n").split("\n")
+        lines += [f"## {title}: {text[0].removeprefix('## ')}", *text[1:], ""]
+    lines += [
+        "Returns with paired differences: `eval/headline/comparison.md`, "
+        "`eval/side_by_side/comparison.md`.",
+        "",
+    ]
+    return lines
 
 
 def _training_seconds(runs: dict[str, TrainResult]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """``train()``: preprocess output in, trained checkpoint + metrics out, on Ray Train;
-``train_many()``: several policies on the same samples, one after the other in one Ray
-Train run (a run's start-up, tens of seconds of actor and process start on a 2-core
+``train_many()``: several policies, one after the other in one Ray Train run, on the same
+samples or each on its own (a run's start-up, tens of seconds of actor and process start on a 2-core
 machine, is paid once instead of once per policy: benchmarks/RESULTS.md).
 
 A run is identified by ``(storage_path, run_name)``. Running the same command again
@@ -41,6 +41,7 @@ from diffpol.contracts.ray_session import ray_session
 from diffpol.trainer.checkpoint import CheckpointError, read_checkpoint, verify_checkpoint_files
 from diffpol.trainer.config import Config, TrainConfig
 from diffpol.trainer.data import (
+    TrainingData,
     check_model_matches,
     make_ray_datasets,
     open_training_data,
@@ -85,6 +86,8 @@ class PolicyRun:
     config: Config
     out_dir: Path
     callbacks: tuple[Any, ...] = ()
+    # Its own preprocess output (e.g. another window); None: the run's samples.
+    samples_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -187,14 +190,28 @@ def _check_resources(train: TrainConfig) -> None:
         )
 
 
-def _datasets_to_split(train_config: TrainConfig) -> list[str] | str:
+def _policy_data(data: TrainingData, suffix: str) -> dict[str, Any]:
+    """What a policy's training reads of its samples, and the names of their datasets."""
+    has_val = data.info.val.rows > 0
+    return {
+        "normalizer": data.samples.normalizer.to_json(),
+        "data": data.describe(),
+        "train_rows": data.info.train.rows,
+        "train_dataset": f"train{suffix}",
+        "val_dataset": f"val{suffix}" if has_val else None,
+    }
+
+
+def _datasets_to_split(
+    train_config: TrainConfig, suffixes: Sequence[str] = ("",)
+) -> list[str] | str:
     """Split every dataset among several workers. A single worker reads the validation
     set whole, which spares the run that split's coordinator actor (a process to start);
     the training set stays split even then, because its coordinator runs Ray Data's
     executor outside the training process: unsplit, the executor's thread shares the
     worker's GIL and ingest is slower (benchmarks/trainer_bench_test.py; the numbers are
     in benchmarks/RESULTS.md)."""
-    return "all" if train_config.workers > 1 else ["train"]
+    return "all" if train_config.workers > 1 else [f"train{s}" for s in suffixes]
 
 
 def _finished_result(out_dir: Path, config: Config, identity: dict[str, Any]) -> TrainResult | None:
@@ -277,8 +294,9 @@ def train_many(
     policies: Mapping[str, PolicyRun],
     address: str | None = None,
 ) -> dict[str, TrainResult]:
-    """Train ``policies`` (name -> ``PolicyRun``) on one preprocess output, in order, in
-    one Ray Train run; see the module doc. Returns one ``TrainResult`` per policy.
+    """Train ``policies`` (name -> ``PolicyRun``) in order, in one Ray Train run, each on
+    ``samples_dir`` or its own ``PolicyRun.samples_dir``; see the module doc. Returns one
+    ``TrainResult`` per policy.
 
     Raises ValueError (ContractError, RunMismatchError) for bad inputs, before any training.
     """
@@ -300,9 +318,20 @@ def train_many(
         for name, run in policies.items()
     }
     settings = run_settings([run.config for run in runs.values()])
-    data = open_training_data(samples_dir)
+    # Each distinct preprocess output once, the run's own first: its Ray datasets are
+    # "train" and "val", another's "train-<k>" and "val-<k>".
+    dirs = [Path(samples_dir).resolve()]
+    for run in runs.values():
+        if run.samples_dir is not None and Path(run.samples_dir).resolve() not in dirs:
+            dirs.append(Path(run.samples_dir).resolve())
+    data_of = {d: open_training_data(d) for d in dirs}
+    suffix_of = {d: "" if k == 0 else f"-{k}" for k, d in enumerate(dirs)}
+    policy_dir = {
+        name: Path(run.samples_dir or samples_dir).resolve() for name, run in runs.items()
+    }
     identities = {}
     for name, run in runs.items():
+        data = data_of[policy_dir[name]]
         check_model_matches(run.config.model, data)
         identities[name] = run_identity(run.config, data.fingerprint)
     finished = {
@@ -338,13 +367,10 @@ def train_many(
                         "config": run.config.to_json(),
                         "out_dir": str(run.out_dir),
                         "callbacks": list(run.callbacks),
+                        **_policy_data(data_of[policy_dir[name]], suffix_of[policy_dir[name]]),
                     }
                     for name, run in runs.items()
                 ],
-                "normalizer": data.samples.normalizer.to_json(),
-                "data": data.describe(),
-                "has_val": data.info.val.rows > 0,
-                "train_rows": data.info.train.rows,
             },
             scaling_config=ScalingConfig(
                 num_workers=settings.workers,
@@ -360,8 +386,14 @@ def train_many(
                 checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=settings.max_failures),
             ),
-            datasets=make_ray_datasets(data, seed=settings.seed),
-            dataset_config=DataConfig(datasets_to_split=_datasets_to_split(settings)),
+            datasets={
+                f"{split}{suffix_of[d]}": dataset
+                for d, data in data_of.items()
+                for split, dataset in make_ray_datasets(data, seed=settings.seed).items()
+            },
+            dataset_config=DataConfig(
+                datasets_to_split=_datasets_to_split(settings, list(suffix_of.values()))
+            ),
         )
         result = trainer.fit()
         if result.checkpoint is None:

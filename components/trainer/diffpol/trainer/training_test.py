@@ -160,3 +160,29 @@ def test_another_set_of_policies_under_the_same_run_is_refused(first_run, sample
     }
     with pytest.raises(RunMismatchError, match=r"set of policies \(extra\)"):
         train_many(samples_dir, runs)
+
+
+def test_policies_of_one_run_train_each_on_their_own_samples(ray_local, samples_dir, tmp_path):
+    from diffpol.trainer.checkpoint import read_checkpoint
+
+    obs, action = bimodal_samples(300, n_obs_steps=1, horizon=2, seed=5)
+    other = write_samples(tmp_path / "other", obs, action, val_fraction=0.0)
+    short = dataclasses.replace(CONFIG, model=ModelConfig(window=Window(1, 2), hidden_width=16))
+    runs = {
+        "main": PolicyRun(CONFIG, tmp_path / "main"),
+        "short": PolicyRun(short, tmp_path / "short", samples_dir=other),
+    }
+    results = train_many(samples_dir, runs)
+    for name, expected_dir, window in (("main", samples_dir, (2, 4)), ("short", other, (1, 2))):
+        contents = read_checkpoint(results[name].checkpoint_dir)
+        assert contents.meta.data["path"] == str(expected_dir.resolve())
+        assert (contents.meta.data["n_obs_steps"], contents.meta.data["horizon"]) == window
+        assert contents.meta.epochs_completed == CONFIG.train.epochs
+        # One optimizer step per batch of its own rows: 300 rows at batch 64 are 5 steps.
+    rows = read_rows(results["short"].metrics_csv)
+    assert [int(r["global_step"]) for r in rows] == [5, 10]
+    assert load_policy(results["short"].checkpoint_dir).window.horizon == 2
+    # A policy whose samples do not fit its model is refused before anything trains.
+    wrong = {"short": PolicyRun(short, tmp_path / "wrong", samples_dir=samples_dir)}
+    with pytest.raises(ValueError, match="n_obs_steps=2, horizon=4"):
+        train_many(other, wrong)

@@ -319,8 +319,9 @@ def _take(columns: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, to
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Trains ``loop_config["policies"]`` in order (each a dict of ``name``, ``config``,
-    ``out_dir``, ``callbacks``); the rest of ``loop_config`` describes the shared data."""
+    """Trains ``loop_config["policies"]`` in order, each a dict of ``name``, ``config``,
+    ``out_dir``, ``callbacks`` and its data (``training._policy_data``: normalizer, data
+    description, train rows and the names of its train and val datasets)."""
     import ray.train
 
     warnings.filterwarnings("ignore", message="barrier.*using the device under current context")
@@ -348,26 +349,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # while they wait) made the default pipeline's training ~4x slower than the same run
     # alone.
     torch.set_num_threads(max(1, math.floor(cpus)))
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
+    shards = {}  # one iterator per dataset, shared by the policies that train on it
+
+    def shard(name: str | None):
+        if name is not None and name not in shards:
+            shards[name] = ray.train.get_dataset_shard(name)
+        return shards.get(name)
+
     with tempfile.TemporaryDirectory(prefix="diffpol-train-") as tmp:
         states = PolicyStates(Path(tmp) / "states")
         states.restore()
         for policy in policies:
-            _train_policy(policy, states, train_shard, val_shard, loop_config)
+            train_shard, val_shard = shard(policy["train_dataset"]), shard(policy["val_dataset"])
+            _train_policy(policy, states, train_shard, val_shard)
 
 
-def _train_policy(
-    policy: dict[str, Any], states: PolicyStates, train_shard, val_shard, loop_config
-) -> None:
+def _train_policy(policy: dict[str, Any], states: PolicyStates, train_shard, val_shard) -> None:
     import ray.train
     import ray.train.torch
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
     name = policy["name"]
     config = Config.from_json(policy["config"])
-    normalizer = Normalizer.from_json(loop_config["normalizer"])
-    data = loop_config["data"]
+    normalizer = Normalizer.from_json(policy["normalizer"])
+    data = policy["data"]
     rank = ray.train.get_context().get_world_rank()
     restored = states.meta(name)
     epochs_done = restored.epochs_completed if restored else 0
@@ -394,7 +399,7 @@ def _train_policy(
         epochs=config.train.epochs - epochs_done,
     )
     val_blocks = None if val_shard is None else ShardBlocks(val_shard, batch_size, shuffle=False)
-    steps = steps_per_epoch(loop_config["train_rows"], world_size(), batch_size)
+    steps = steps_per_epoch(policy["train_rows"], world_size(), batch_size)
     module = PolicyLightningModule(
         config,
         obs_dim=data["obs_dim"],
