@@ -32,14 +32,27 @@ def resolve_backend(env_id: str, backend: str) -> str:
 
 
 class VectorEnvAdapter:
-    """A batch of envs, one per seed, as ``episodes.BatchEnv``."""
+    """A batch of envs, one per seed, as ``episodes.BatchEnv``; ``use_seeds`` points it at
+    the next chunk's seeds, so one batch serves every chunk of its size (building a MuJoCo
+    env costs far more than an episode's worth of its steps)."""
 
     def __init__(self, env_id: str, seeds: Sequence[int], backend: str) -> None:
         self._env = envs.make_vector_env(env_id, len(seeds), list(seeds), backend=backend)
+        self._seeds = list(seeds)
         self.backend: str = self._env.backend
 
+    @property
+    def num_envs(self) -> int:
+        return self._env.num_envs
+
+    def use_seeds(self, seeds: Sequence[int]) -> None:
+        """The seeds the next ``reset`` starts episodes from (one per env)."""
+        if len(seeds) != self._env.num_envs:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {self._env.num_envs} envs")
+        self._seeds = list(seeds)
+
     def reset(self) -> np.ndarray:
-        return self._env.reset()
+        return self._env.reset(self._seeds)
 
     def step(self, actions: np.ndarray):
         result = self._env.step(actions)

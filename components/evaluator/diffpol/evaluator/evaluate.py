@@ -246,6 +246,7 @@ def run_prepared(
         pool.check_matches(prepared)
     driver = _DriverRunner(prepared)
     with contextlib.ExitStack() as stack:
+        stack.callback(driver.close)
         if pool is None and prepared.needs_ray:
             pool = stack.enter_context(EpisodeWorkers.for_evaluation(prepared))
         results = []
@@ -365,6 +366,8 @@ class _ChunkWorker:
         self._backend, self._noise_seed = backend, noise_seed
         self._policies: dict[str, Policy] = {}
         self._owned: set[str] = set()
+        # One batch of envs per chunk size, re-seeded for each chunk.
+        self._envs: dict[int, VectorEnvAdapter] = {}
 
     def load(self, source: PolicySource) -> None:
         self._policies[source.label] = source.build(self._env.env_id)
@@ -378,7 +381,11 @@ class _ChunkWorker:
         self._owned.discard(label)
 
     def run(self, label: str, chunk: SeedChunk, record_seeds: tuple[int, ...]) -> ChunkResult:
-        env = VectorEnvAdapter(self._env.env_id, chunk.seeds, self._backend)
+        size = len(chunk.seeds)
+        if size not in self._envs:
+            self._envs[size] = VectorEnvAdapter(self._env.env_id, chunk.seeds, self._backend)
+        env = self._envs[size]
+        env.use_seeds(chunk.seeds)
         try:
             return run_chunk(
                 self._policies[label],
@@ -389,8 +396,15 @@ class _ChunkWorker:
                 max_steps=self._env.max_episode_steps,
                 record_seeds=record_seeds,
             )
-        finally:
+        except BaseException:
+            # An env left mid-episode by an error is not reused.
+            self._envs.pop(size).close()
+            raise
+
+    def close(self) -> None:
+        for env in self._envs.values():
             env.close()
+        self._envs.clear()
 
 
 class _DriverRunner(_Runner):
@@ -411,6 +425,9 @@ class _DriverRunner(_Runner):
     def run_all(self, label, chunks, record_seeds):
         for chunk in chunks:
             yield self._worker.run(label, chunk, record_seeds)
+
+    def close(self) -> None:
+        self._worker.close()
 
 
 class EpisodeWorkers(_Runner):

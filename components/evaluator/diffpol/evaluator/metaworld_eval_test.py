@@ -56,6 +56,23 @@ def test_mt10_expert_success_table_matches_metaworld_itself(mt10):
     assert sum(s > 0 for s in expected) >= 8  # Meta-World's experts: 98-100% measured
 
 
+def test_chunks_reuse_their_envs_and_score_as_fresh_ones():
+    # Chunks of seeds [6, 8), [8, 10), [10, 12): seeds 7 and 10 run one after the other in
+    # the same single-env batch, re-seeded; an episode (including one that ran to the
+    # limit) must leave nothing behind for the next.
+    result = evaluate(
+        {"expert": "expert", "zero": "zero"},
+        "metaworld/reach-v3",
+        "7:11",
+        workers=0,
+        chunk_size=2,
+        record_examples=False,
+    )
+    expected = [_steps_to_success("reach-v3", s) for s in range(7, 11)]
+    assert result["expert"].success_steps.tolist() == expected
+    assert result["zero"].lengths.tolist() == [500] * 4
+
+
 def test_wilson_interval_bounds():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     low, high = wilson_interval(45, 50)
