@@ -188,6 +188,17 @@ def _values(
     return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, width)
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer array; indices in a small range are counted
+    instead of sorted (np.unique sorts every row)."""
+    if not len(values):
+        return values
+    low, high = int(values.min()), int(values.max())
+    if high - low < 1 << 16:
+        return np.flatnonzero(np.bincount(values - low)) + low
+    return np.unique(values)
+
+
 def _resolve_env(env_id: str | None, info: Mapping[str, Any], root: Path) -> EnvSpec:
     recorded = (
         (info.get("diffpol") or {}).get("env_id") if isinstance(info.get("diffpol"), dict) else None
@@ -301,17 +312,17 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
     for path in files:
         name = path.relative_to(root)
         try:
-            schema = pq.read_schema(path)
+            parquet = pq.ParquetFile(path)
         except (OSError, pa.ArrowInvalid) as exc:
             problems.append(f"{name} is not a readable Parquet file ({exc})")
             continue
-        missing = [n for n in tabular if n not in schema.names]
+        missing = [n for n in tabular if n not in parquet.schema_arrow.names]
         if missing:
             problems.append(
                 f"{name} lacks feature(s) named in meta/info.json: {', '.join(missing)}"
             )
             continue
-        tables.append(pq.read_table(path, columns=wanted))
+        tables.append(parquet.read(columns=wanted))
     if problems:
         raise LeRobotFormatError(root, problems)
     table = pa.concat_tables(tables)
@@ -357,9 +368,12 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
             )
     tasks = _read_tasks(root, problems)
     task_index = cols["task_index"][:, 0] if "task_index" in cols else np.zeros(n, np.int64)
-    unknown = sorted(set(np.unique(task_index).tolist()) - tasks.keys())
-    if tasks and unknown:
-        problems.append(f"task_index value(s) {unknown[:5]} are not in {TASKS_PATH}")
+    # Indices within a range of known tasks (the usual case) need no look-up per row.
+    low, high = (int(task_index.min()), int(task_index.max())) if n else (0, -1)
+    if tasks and not (high - low < len(tasks) and all(i in tasks for i in range(low, high + 1))):
+        unknown = sorted(set(_distinct(task_index).tolist()) - tasks.keys())
+        if unknown:
+            problems.append(f"task_index value(s) {unknown[:5]} are not in {TASKS_PATH}")
     episodes_meta = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if episodes_meta:
         meta = pa.concat_tables(
@@ -411,7 +425,7 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
         if EXPERT_ACTION in cols
         else pa.nulls(n, pa.list_(pa.float32(), env.act_dim)),
         # LeRobot's task strings are free text, not diffpol task names; no success flag.
-        "task": pa.array([""] * n, pa.string()),
+        "task": pa.repeat(pa.scalar("", pa.string()), n),
         "success": pa.nulls(n, pa.bool_()),
     }
     out = pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
