@@ -154,14 +154,16 @@ def _values(
     column: pa.ChunkedArray, name: str, width: int, problems: list[str], dtype=np.float32
 ) -> np.ndarray | None:
     """A feature's rows as ``[n, width]`` (a scalar column when the shape is [1])."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):
+        # One chunk per data file; combining copies, so a single chunk is used as it is.
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     t, n = column.type, len(column)
     if column.null_count:
         problems.append(f"feature {name!r} has {column.null_count} null row(s)")
         return None
     if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
         if pa.types.is_fixed_size_list(t):
-            widths = np.full(n, t.list_size)
+            widths = np.array([t.list_size])
         else:
             widths = np.diff(column.offsets.to_numpy())
         if (widths != width).any():
