@@ -349,8 +349,8 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
         raise LeRobotFormatError(root, problems)
     episode_index = cols["episode_index"][:, 0]
     frame_index = cols["frame_index"][:, 0]
-    step_back = np.diff(episode_index) < 0
-    step_back |= (np.diff(episode_index) == 0) & (np.diff(frame_index) <= 0)
+    next_episode = np.diff(episode_index)
+    step_back = (next_episode < 0) | ((next_episode == 0) & (np.diff(frame_index) <= 0))
     if step_back.any():  # LeRobot writes frames in order; sort only when they are not
         order = np.lexsort((frame_index, episode_index))
         cols = {k: v[order] for k, v in cols.items()}
@@ -379,7 +379,7 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
     episodes_meta = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if episodes_meta:
         meta = pa.concat_tables(
-            [pq.read_table(p, columns=["episode_index", "length"]) for p in episodes_meta]
+            [pq.ParquetFile(p).read(columns=["episode_index", "length"]) for p in episodes_meta]
         )
         recorded = dict(
             zip(meta["episode_index"].to_pylist(), meta["length"].to_pylist(), strict=True)

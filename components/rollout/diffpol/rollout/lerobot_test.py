@@ -207,6 +207,17 @@ def test_lerobot_import_keeps_values_episodes_tasks_and_says_what_was_left_out(t
     assert episodes["tasks"].to_pylist() == [["reach"], ["lift"], ["reach"]]
 
 
+def test_frames_out_of_order_import_as_episode_major_rows(tmp_path):
+    _write_lerobot(tmp_path / "lr", episodes=3, steps=4)
+    import_lerobot(tmp_path / "lr", tmp_path / "in-order")
+    path = tmp_path / "lr/data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    shuffled = np.random.default_rng(1).permutation(table.num_rows)
+    pq.write_table(table.take(shuffled), path)
+    import_lerobot(tmp_path / "lr", tmp_path / "shuffled")
+    assert _rows(tmp_path / "shuffled").equals(_rows(tmp_path / "in-order"))
+
+
 def test_environment_state_completes_the_observation(tmp_path):
     columns = _write_lerobot(tmp_path / "lr", env_state=True)
     import_lerobot(tmp_path / "lr", tmp_path / "ds", "Pendulum-v1")
