@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,19 +79,41 @@ def data_files(root: str | Path) -> list[Path]:
     return sorted((Path(root) / DATA_DIR).glob("*.parquet"))
 
 
+class FingerprintStream:
+    """The fingerprint and per-file digests of ``digest_files``, fed one file at a time in
+    name order, so a writer can compute them from the bytes it writes instead of reading
+    its files back."""
+
+    def __init__(self) -> None:
+        self._fingerprint = hashlib.sha256()
+        self.digests: dict[str, str] = {}
+        self._last: str | None = None
+
+    def add(self, name: str, chunks: Iterable[bytes | memoryview], digest: str | None = None):
+        """One file's bytes (in chunks); ``digest``, its sha256 when already known, saves a pass."""
+        if self._last is not None and name <= self._last:
+            raise ValueError(f"{name} comes after {self._last}: files must come in name order")
+        self._last = name
+        self._fingerprint.update(name.encode())
+        own = None if digest else hashlib.sha256()
+        for chunk in chunks:
+            self._fingerprint.update(chunk)
+            if own is not None:
+                own.update(chunk)
+        self.digests[name] = digest or own.hexdigest()
+
+    def hexdigest(self) -> str:
+        return self._fingerprint.hexdigest()
+
+
 def digest_files(files: list[Path]) -> tuple[str, dict[str, str]]:
     """One read of each file: the set's fingerprint (sha256 over names and bytes, in name
     order) and each file's own sha256, by name."""
-    fingerprint, digests = hashlib.sha256(), {}
+    stream = FingerprintStream()
     for path in sorted(files, key=lambda p: p.name):
-        fingerprint.update(path.name.encode())
-        digest = hashlib.sha256()
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                fingerprint.update(chunk)
-                digest.update(chunk)
-        digests[path.name] = digest.hexdigest()
-    return fingerprint.hexdigest(), digests
+            stream.add(path.name, iter(lambda: f.read(1 << 20), b""))
+    return stream.hexdigest(), stream.digests
 
 
 def fingerprint_files(files: list[Path]) -> str:

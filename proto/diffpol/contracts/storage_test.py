@@ -9,6 +9,7 @@ from diffpol.contracts import SCHEMA_VERSION, ContractError, EnvShape
 from diffpol.contracts.atomic import atomic_directory, atomic_write_json
 from diffpol.contracts.dataset import (
     DatasetManifest,
+    FingerprintStream,
     ReturnStats,
     data_files,
     digest_files,
@@ -150,3 +151,17 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_fingerprint_stream_of_the_bytes_equals_the_files_digests(tmp_path):
+    write_dataset(tmp_path)
+    files = data_files(tmp_path)
+    stream = FingerprintStream()
+    for path in files:
+        data = path.read_bytes()
+        # In chunks, with and without the file's own digest given.
+        known = None if path.name.endswith("0.parquet") else digest_files([path])[1][path.name]
+        stream.add(path.name, [data[:3], memoryview(data)[3:]], known)
+    assert (stream.hexdigest(), stream.digests) == digest_files(files)
+    with pytest.raises(ValueError, match="name order"):
+        stream.add(files[0].name, [b"again"])

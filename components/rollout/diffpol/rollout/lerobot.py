@@ -154,14 +154,16 @@ def _values(
     column: pa.ChunkedArray, name: str, width: int, problems: list[str], dtype=np.float32
 ) -> np.ndarray | None:
     """A feature's rows as ``[n, width]`` (a scalar column when the shape is [1])."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):
+        # One chunk per data file; combining copies, so a single chunk is used as it is.
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     t, n = column.type, len(column)
     if column.null_count:
         problems.append(f"feature {name!r} has {column.null_count} null row(s)")
         return None
     if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
         if pa.types.is_fixed_size_list(t):
-            widths = np.full(n, t.list_size)
+            widths = np.array([t.list_size])
         else:
             widths = np.diff(column.offsets.to_numpy())
         if (widths != width).any():
@@ -186,6 +188,17 @@ def _values(
         problems.append(f"feature {name!r} holds {values.type}, expected numbers")
         return None
     return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, width)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer array; indices in a small range are counted
+    instead of sorted (np.unique sorts every row)."""
+    if not len(values):
+        return values
+    low, high = int(values.min()), int(values.max())
+    if high - low < 1 << 16:
+        return np.flatnonzero(np.bincount(values - low)) + low
+    return np.unique(values)
 
 
 def _resolve_env(env_id: str | None, info: Mapping[str, Any], root: Path) -> EnvSpec:
@@ -301,17 +314,17 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
     for path in files:
         name = path.relative_to(root)
         try:
-            schema = pq.read_schema(path)
+            parquet = pq.ParquetFile(path)
         except (OSError, pa.ArrowInvalid) as exc:
             problems.append(f"{name} is not a readable Parquet file ({exc})")
             continue
-        missing = [n for n in tabular if n not in schema.names]
+        missing = [n for n in tabular if n not in parquet.schema_arrow.names]
         if missing:
             problems.append(
                 f"{name} lacks feature(s) named in meta/info.json: {', '.join(missing)}"
             )
             continue
-        tables.append(pq.read_table(path, columns=wanted))
+        tables.append(parquet.read(columns=wanted))
     if problems:
         raise LeRobotFormatError(root, problems)
     table = pa.concat_tables(tables)
@@ -336,8 +349,8 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
         raise LeRobotFormatError(root, problems)
     episode_index = cols["episode_index"][:, 0]
     frame_index = cols["frame_index"][:, 0]
-    step_back = np.diff(episode_index) < 0
-    step_back |= (np.diff(episode_index) == 0) & (np.diff(frame_index) <= 0)
+    next_episode = np.diff(episode_index)
+    step_back = (next_episode < 0) | ((next_episode == 0) & (np.diff(frame_index) <= 0))
     if step_back.any():  # LeRobot writes frames in order; sort only when they are not
         order = np.lexsort((frame_index, episode_index))
         cols = {k: v[order] for k, v in cols.items()}
@@ -357,13 +370,16 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
             )
     tasks = _read_tasks(root, problems)
     task_index = cols["task_index"][:, 0] if "task_index" in cols else np.zeros(n, np.int64)
-    unknown = sorted(set(np.unique(task_index).tolist()) - tasks.keys())
-    if tasks and unknown:
-        problems.append(f"task_index value(s) {unknown[:5]} are not in {TASKS_PATH}")
+    # Indices within a range of known tasks (the usual case) need no look-up per row.
+    low, high = (int(task_index.min()), int(task_index.max())) if n else (0, -1)
+    if tasks and not (high - low < len(tasks) and all(i in tasks for i in range(low, high + 1))):
+        unknown = sorted(set(_distinct(task_index).tolist()) - tasks.keys())
+        if unknown:
+            problems.append(f"task_index value(s) {unknown[:5]} are not in {TASKS_PATH}")
     episodes_meta = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if episodes_meta:
         meta = pa.concat_tables(
-            [pq.read_table(p, columns=["episode_index", "length"]) for p in episodes_meta]
+            [pq.ParquetFile(p).read(columns=["episode_index", "length"]) for p in episodes_meta]
         )
         recorded = dict(
             zip(meta["episode_index"].to_pylist(), meta["length"].to_pylist(), strict=True)
@@ -411,7 +427,7 @@ def _read_frames(root: Path, info: Mapping[str, Any], env: EnvSpec) -> _Frames:
         if EXPERT_ACTION in cols
         else pa.nulls(n, pa.list_(pa.float32(), env.act_dim)),
         # LeRobot's task strings are free text, not diffpol task names; no success flag.
-        "task": pa.array([""] * n, pa.string()),
+        "task": pa.repeat(pa.scalar("", pa.string()), n),
         "success": pa.nulls(n, pa.bool_()),
     }
     out = pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)

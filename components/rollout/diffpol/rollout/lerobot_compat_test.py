@@ -1,11 +1,6 @@
 """diffpol's LeRobotDataset files against LeRobot's own code (``ledataset``), both ways.
 
-LeRobot's library needs torch and torchvision builds that cannot share the default resolve,
-so it runs in an environment of its own, built once from the pinned
-``components/rollout/lerobot_compat/requirements.txt`` and cached under
-``$DIFFPOL_CACHE_DIR`` (default ``~/.cache/diffpol``) by that file's hash. The build is
-atomic (staging directory, then a rename; a killed build is never reused) and serialised by
-a file lock. Where it cannot be built (no package index), the tests fail saying so.
+LeRobot's library runs in an environment of its own (``diffpol.rollout.ledataset_env``).
 
 LeRobot's side (``lerobot_compat/ledataset_side.py``) runs twice per module: once to write a
 dataset with ``LeRobotDataset.create``/``add_frame``/``save_episode``/``finalize``, once to
@@ -15,17 +10,7 @@ load diffpol's exports with ``LeRobotDataset(repo_id, root=DIR)`` and iterate th
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import ssl
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -34,82 +19,8 @@ import pytest
 from diffpol.contracts.arrow import fixed_list_values
 from diffpol.contracts.dataset import data_files, read_manifest
 from diffpol.rollout import collect_local, make_plan
+from diffpol.rollout.ledataset_env import READY, ledataset_python, run_ledataset
 from diffpol.rollout.lerobot import export_lerobot, import_lerobot
-
-COMPAT = Path(__file__).resolve().parents[2] / "lerobot_compat"
-REQUIREMENTS = COMPAT / "requirements.txt"
-SCRIPT = COMPAT / "ledataset_side.py"
-READY = "diffpol-ready"
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("DIFFPOL_CACHE_DIR") or Path.home() / ".cache" / "diffpol")
-
-
-def _base_python() -> str:
-    # A venv's (e.g. the test runner's) python makes venvs from its base interpreter.
-    return getattr(sys, "_base_executable", None) or sys.executable
-
-
-def _ca_bundle() -> list[str]:
-    """``--cert`` as the ./pants launcher chooses it: pip's own bundle does not hold the CA
-    of a TLS-inspecting proxy, the system's does."""
-    for bundle in (os.environ.get("SSL_CERT_FILE"), ssl.get_default_verify_paths().cafile):
-        if bundle and Path(bundle).is_file():
-            return ["--cert", bundle]
-    return []
-
-
-def ledataset_python() -> Path:
-    """The cached environment's python, building the environment on first use."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    key = hashlib.sha256(REQUIREMENTS.read_bytes() + version.encode()).hexdigest()[:16]
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    venv = cache / f"ledataset-venv-{key}"
-    if (venv / READY).is_file():
-        return venv / "bin" / "python"
-    with open(cache / f"ledataset-venv-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (venv / READY).is_file():
-            return venv / "bin" / "python"
-        staging = Path(tempfile.mkdtemp(dir=cache, prefix=f".{venv.name}.", suffix=".partial"))
-        try:
-            start = time.perf_counter()
-            for command in (
-                [_base_python(), "-m", "venv", "--clear", str(staging)],
-                [str(staging / "bin" / "python"), "-m", "pip", "install", "--no-input",
-                 "--disable-pip-version-check", *_ca_bundle(), "-r", str(REQUIREMENTS)],
-            ):  # fmt: skip
-                # The pins decide the versions; the machine's pip configuration decides where
-                # they come from (a wheel mirror for the large torch wheels, or the index).
-                env = dict(os.environ)
-                result = subprocess.run(command, capture_output=True, text=True, env=env)
-                if result.returncode:
-                    pytest.fail(
-                        f"could not build LeRobot's environment from {REQUIREMENTS.name} "
-                        f"(needs the package index): {' '.join(command[-4:])} failed:\n"
-                        + (result.stdout + result.stderr)[-3000:]
-                    )
-            (staging / READY).write_text(f"built in {time.perf_counter() - start:.0f} s\n")
-            if venv.exists():  # an older, unmarked copy
-                shutil.rmtree(venv)
-            os.replace(staging, venv)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return venv / "bin" / "python"
-
-
-def _ledataset(*args: str | Path, tmp: Path) -> None:
-    env = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [str(ledataset_python()), str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
 
 # Three episodes of unequal lengths, two tasks, float values with full float32 precision.
 LENGTHS = [5, 9, 3]
@@ -145,14 +56,14 @@ def work(tmp_path_factory):
         },
     }
     (tmp / "spec.json").write_text(json.dumps(spec))
-    _ledataset("write", tmp / "frames.npz", tmp / "spec.json", tmp / "by-lerobot", tmp=tmp)
+    run_ledataset("write", tmp / "frames.npz", tmp / "spec.json", tmp / "by-lerobot", tmp=tmp)
 
     import_lerobot(tmp / "by-lerobot", tmp / "imported")
     export_lerobot(tmp / "imported", tmp / "imported-exported")
     plan = make_plan("Pendulum-v1", "noisy-expert", 4, 11, {"expert": "expert-scripted"})
     collect_local(plan, tmp / "collected", num_envs=4)
     export_lerobot(tmp / "collected", tmp / "exported")
-    _ledataset("read", tmp / "read.npz", tmp / "imported-exported", tmp / "exported", tmp=tmp)
+    run_ledataset("read", tmp / "read.npz", tmp / "imported-exported", tmp / "exported", tmp=tmp)
     return tmp, frames, dict(np.load(tmp / "read.npz"))
 
 

@@ -207,6 +207,17 @@ def test_lerobot_import_keeps_values_episodes_tasks_and_says_what_was_left_out(t
     assert episodes["tasks"].to_pylist() == [["reach"], ["lift"], ["reach"]]
 
 
+def test_frames_out_of_order_import_as_episode_major_rows(tmp_path):
+    _write_lerobot(tmp_path / "lr", episodes=3, steps=4)
+    import_lerobot(tmp_path / "lr", tmp_path / "in-order")
+    path = tmp_path / "lr/data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    shuffled = np.random.default_rng(1).permutation(table.num_rows)
+    pq.write_table(table.take(shuffled), path)
+    import_lerobot(tmp_path / "lr", tmp_path / "shuffled")
+    assert _rows(tmp_path / "shuffled").equals(_rows(tmp_path / "in-order"))
+
+
 def test_environment_state_completes_the_observation(tmp_path):
     columns = _write_lerobot(tmp_path / "lr", env_state=True)
     import_lerobot(tmp_path / "lr", tmp_path / "ds", "Pendulum-v1")
@@ -227,6 +238,20 @@ def _drop_state_from_data(root):
     pq.write_table(pq.read_table(path).drop_columns(["observation.state"]), path)
 
 
+def _task_indices(*values):
+    """Rows 3, 4, ... point at task indices that meta/tasks.parquet does not hold."""
+
+    def edit(root):
+        path = root / "data/chunk-000/file-000.parquet"
+        table = pq.read_table(path)
+        task = table["task_index"].to_numpy().copy()
+        task[3 : 3 + len(values)] = values
+        column = table.schema.get_field_index("task_index")
+        pq.write_table(table.set_column(column, "task_index", pa.array(task)), path)
+
+    return edit
+
+
 def _version(version):
     return lambda info: info.update(codebase_version=version)
 
@@ -241,6 +266,8 @@ def _wider_state(info):
         (lambda root: (root / "meta/info.json").unlink(), "meta/info.json is missing"),
         (_drop_state_from_data, "lacks feature(s) named in meta/info.json: observation.state"),
         ("wider", "does not make Pendulum-v1's observation of 3 values (shape mismatch)"),
+        (_task_indices(7), "task_index value(s) [7] are not in meta/tasks.parquet"),
+        (_task_indices(-1, 2**40), f"task_index value(s) [-1, {2**40}] are not in meta/tasks"),
         ("v9.1", "unknown codebase_version 'v9.1'"),
         ("v2.1", "codebase_version is 'v2.1' (the v2.x layout); diffpol reads v3.0 only: convert"),
     ],

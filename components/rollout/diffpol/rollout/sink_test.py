@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from diffpol.contracts.dataset import data_files, read_manifest
+from diffpol.contracts.dataset import data_files, digest_files, read_manifest
 from diffpol.contracts.errors import ContractError
 from diffpol.envs import get_env_spec
+from diffpol.rollout import sink
 from diffpol.rollout.collect import collect_local
 from diffpol.rollout.plan import make_plan
 from diffpol.rollout.policies import make_policy
@@ -124,3 +127,53 @@ def test_mountain_car_expert_dataset_end_to_end(tmp_path):
     # Every episode reached the flag, and that is each episode's only end.
     assert table["terminated"].to_numpy().sum() == 6 and not table["truncated"].to_numpy().any()
     assert manifest.returns.min > 90
+
+
+@pytest.mark.parametrize(
+    "order, pending_bytes",
+    [
+        ([0, 1, 2, 3], None),  # in order: each part hashed as it is written
+        ([2, 0, 3, 1], None),  # ahead of an earlier part: held, then hashed in name order
+        ([3, 2, 1, 0], 1),  # more held than allowed: the manifest reads the files back
+        ([1, 2, 3, 4], None),  # no part 0: read back
+    ],
+)
+def test_the_manifest_digests_are_those_of_the_written_files(
+    tmp_path, monkeypatch, order, pending_bytes
+):
+    """Digests come from the bytes as they are written; whatever the part order, they
+    must be the files' own (the manifest check reads the files)."""
+    if pending_bytes is not None:
+        monkeypatch.setattr(sink, "PENDING_BYTES", pending_bytes)
+    with open_dataset(tmp_path / "ds", PENDULUM) as writer:
+        for index in order:
+            writer.write_part(index, _batch(first_episode=2 * index))
+        manifest = writer.write_manifest(policy="random", policy_params={}, seed=5, provenance={})
+    fingerprint, digests = digest_files(data_files(tmp_path / "ds"))
+    assert (manifest.fingerprint, manifest.file_digests) == (fingerprint, digests)
+    assert read_manifest(tmp_path / "ds") == manifest
+
+
+def test_parts_written_from_threads_get_the_files_digests(tmp_path):
+    with open_dataset(tmp_path / "ds", PENDULUM) as writer:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: writer.write_part(i, _batch(first_episode=2 * i)), range(8)))
+        manifest = writer.write_manifest(policy="random", policy_params={}, seed=5, provenance={})
+    assert manifest.fingerprint == digest_files(data_files(tmp_path / "ds"))[0]
+    assert manifest.episodes == 16
+
+
+def test_returns_of_episodes_in_any_row_order(tmp_path):
+    """Episode-major rows in descending id order take the sorting path; same returns."""
+    batch = _batch(episodes=3)
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    ids = table["episode_id"].to_numpy()
+    reversed_rows = table.take(np.argsort(-ids, kind="stable"))
+    with open_dataset(tmp_path / "ds", PENDULUM) as writer:
+        writer.write_part(0, reversed_rows)
+        manifest = writer.write_manifest(policy="random", policy_params={}, seed=5, provenance={})
+    rewards = table["reward"].to_numpy().astype(np.float64)
+    expected = [rewards[ids == i].sum() for i in np.unique(ids)]
+    assert manifest.returns.min == pytest.approx(min(expected))
+    assert manifest.returns.max == pytest.approx(max(expected))
+    assert manifest.returns.mean == pytest.approx(np.mean(expected))
