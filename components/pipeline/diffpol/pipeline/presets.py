@@ -166,6 +166,8 @@ PRESETS: dict[str, Preset] = {
         episodes=1000,  # 100 per task: seeds 0..999, task = seed % 10
         envs_per_actor=20,
         config=Config(
+            # A 4 x 512 Mish MLP over the flat chunk: on a 2-core CPU it beat the temporal
+            # U-Net on MT10 success at the same training time (benchmarks/RESULTS.md).
             model=ModelConfig(window=_CHUNKS, hidden_width=512, depth=4, activation="mish"),
             # ~9k optimizer steps; every policy of the run gets as many (the 10-demo
             # variant has a tenth of the rows, so ten times the epochs).
