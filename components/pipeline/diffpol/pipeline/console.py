@@ -34,15 +34,24 @@ def progress_bar(total: int | None, unit: str, desc: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class WatchedRun:
-    """A policy whose epochs the bar counts: its live ``metrics.csv`` and epoch count."""
+    """A policy whose training the bar counts: its live ``metrics.csv``, its epochs and
+    optimizer steps per epoch (policies on samples of different sizes have epochs of
+    different lengths: the bar counts steps, so its rate and time left hold across them)."""
 
     name: str
     metrics_csv: Path
     epochs: int
+    steps_per_epoch: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"{self.name}: epochs must be >= 1, got {self.epochs}")
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{self.name}: steps_per_epoch must be >= 1")
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
     def last_row(self) -> dict[str, str] | None:
         try:
@@ -66,8 +75,7 @@ def _update(bar: Any, runs: Sequence[WatchedRun]) -> None:
         row = run.last_row()
         if row is None:
             continue
-        epochs = min(int(row["epoch"]) + 1, run.epochs)
-        done += epochs
+        done += min(int(row["epoch"]) + 1, run.epochs) * run.steps_per_epoch
         postfix = {"policy": run.name, "loss": _short(row.get("train_loss"))}
     bar.n = done
     bar.set_postfix(postfix, refresh=False)
@@ -76,9 +84,10 @@ def _update(bar: Any, runs: Sequence[WatchedRun]) -> None:
 
 @contextlib.contextmanager
 def epoch_progress(runs: Sequence[WatchedRun]) -> Iterator[None]:
-    """A bar of the epochs of ``runs``, refreshed from their metrics while the block runs."""
+    """A bar of the optimizer steps of ``runs`` (advancing an epoch at a time), refreshed
+    from their metrics while the block runs."""
     stop = threading.Event()
-    with progress_bar(sum(run.epochs for run in runs), "epoch", "train") as bar:
+    with progress_bar(sum(run.steps for run in runs), "step", "train") as bar:
 
         def poll() -> None:
             while not stop.wait(POLL_INTERVAL_S):

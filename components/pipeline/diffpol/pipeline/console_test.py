@@ -20,6 +20,19 @@ def test_the_bar_counts_the_epochs_written_so_far(tmp_path, capsys):
     assert "policy=diffusion" in err and "loss=0.25" in err
 
 
+def test_the_bar_counts_optimizer_steps_across_policies_of_different_epoch_lengths(
+    tmp_path, capsys
+):
+    runs = [
+        WatchedRun("diffusion", tmp_path / "d.csv", 2, steps_per_epoch=400),
+        WatchedRun("ten-demos", tmp_path / "t.csv", 20, steps_per_epoch=40),
+    ]
+    write_metrics_csv([{"epoch": 0, "train_loss": 0.5}], runs[0].metrics_csv)
+    with epoch_progress(runs):
+        pass
+    assert "400/1600" in capsys.readouterr().err
+
+
 def test_a_run_without_epochs_is_refused(tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         WatchedRun("diffusion", tmp_path / "d.csv", 0)

@@ -387,7 +387,12 @@ def train_policies(
         + " in one Ray Train run"
     )
     watched = [
-        WatchedRun(name, run.out_dir / METRICS_CSV, run.config.train.epochs)
+        WatchedRun(
+            name,
+            run.out_dir / METRICS_CSV,
+            run.config.train.epochs,
+            _steps_per_epoch(run.samples_dir or samples, run.config),
+        )
         for name, run in runs.items()
     ]
     with epoch_progress(watched):
@@ -399,6 +404,14 @@ def train_policies(
         )
     )
     return results
+
+
+def _steps_per_epoch(samples: Path, config: Config) -> int:
+    from diffpol.contracts.samples import load_samples
+    from diffpol.trainer import steps_per_epoch
+
+    rows = load_samples(samples).info.train.rows
+    return steps_per_epoch(rows, config.train.workers, config.train.batch_size)
 
 
 def export_policy(preset: Preset, run: TrainResult, path: Path) -> Path:

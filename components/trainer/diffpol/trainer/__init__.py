@@ -2,8 +2,9 @@
 Lightning inside Ray Train, fed by Ray Data; checkpoints that load without unpickling.
 
 ``train(samples_dir, out_dir, config)`` trains and returns a ``TrainResult``;
-``train_many(samples_dir, {name: PolicyRun(config, out_dir)})`` trains several policies on
-the same samples in one Ray Train run;
+``train_many(samples_dir, {name: PolicyRun(config, out_dir)})`` trains several policies in
+one Ray Train run, each on ``samples_dir`` or its own (``PolicyRun.samples_dir``);
+``steps_per_epoch`` says how many optimizer steps an epoch of a run takes;
 ``load_policy(checkpoint_dir, sampler, steps)`` gives a ``TorchPolicy`` (a
 ``diffpol.contracts.Policy``) whose ``loop`` the sampler component exports to ONNX.
 """
@@ -24,6 +25,7 @@ from diffpol.trainer.modeling import (
 from diffpol.trainer.policy import TorchPolicy, load_policy
 from diffpol.trainer.sampling import DenoisingLoop, RegressionLoop, SeedTutorialLoop
 from diffpol.trainer.training import PolicyRun, RunMismatchError, TrainResult, train, train_many
+from diffpol.trainer.worker import steps_per_epoch
 
 __all__ = [
     "EMA",
@@ -52,6 +54,7 @@ __all__ = [
     "build_policy_model",
     "load_policy",
     "read_checkpoint",
+    "steps_per_epoch",
     "train",
     "train_many",
 ]
