@@ -704,6 +704,14 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         f"{model.schedule.num_train_timesteps} steps, {preset.config.train.epochs} epochs",
         f"- baselines: {', '.join(preset.baselines)} ({preset.baseline_epochs} epochs)",
         *[f"- variant {v.name}: {v.label}" for v in preset.variants],
+        *(
+            [
+                "- rollout GIFs: none (not implemented: MuJoCo could not render offscreen "
+                "where this pipeline was built, so nothing could check them)"
+            ]
+            if preset.env_id.startswith("metaworld/")
+            else []
+        ),
         "- stage seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
         "",
