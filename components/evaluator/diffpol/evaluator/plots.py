@@ -110,7 +110,7 @@ def success_figure(result: EvaluationResult) -> bytes:
     tasks = [t.task for t in policies[0].tasks]
     groups = [*tasks, "mean"]
     width = 0.8 / len(policies)
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) + 2), 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) + 4), 4.2), dpi=110)
     try:
         x = np.arange(len(groups))
         for k, p in enumerate(policies):
@@ -138,7 +138,8 @@ def success_figure(result: EvaluationResult) -> bytes:
             fontsize=10,
         )
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        # Beside the axes: inside, it would hide the bars of low-success tasks.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         return _png(fig)
     finally:
