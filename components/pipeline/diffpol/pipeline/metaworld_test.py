@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from diffpol.pipeline.presets import PRESETS, Preset, Variant
+from diffpol.pipeline.presets import PRESETS, Preset, Variant, resolve_preset
 from diffpol.pipeline.run import run_pipeline
 
 TASKS = ("reach-v3", "drawer-close-v3")
@@ -18,7 +18,9 @@ TASKS = ("reach-v3", "drawer-close-v3")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("metaworld-quick")
-    summary = run_pipeline(PRESETS["metaworld-quick"], out, seed=0, address=None)
+    # With a sampler comparison (--samplers), scored by success on an env with tasks.
+    preset = resolve_preset("metaworld-quick", samplers="ddim-10,consistency-1")
+    summary = run_pipeline(preset, out, seed=0, address=None)
     return out, summary
 
 
@@ -66,7 +68,13 @@ def test_each_variant_is_its_own_policy_with_its_own_window_and_data(run):
 
     assert read_manifest(out / "data-10-demos").episodes == 20
     assert read_manifest(out / "data").episodes == 24
-    assert set(summary["training"]) == {"diffusion", "bc", "variant-unchunked", "variant-10-demos"}
+    assert set(summary["training"]) == {
+        "diffusion",
+        "consistency",
+        "bc",
+        "variant-unchunked",
+        "variant-10-demos",
+    }
 
 
 def test_the_grpc_sampler_scores_the_same_episodes_as_the_onnx_policy(run):
@@ -81,6 +89,22 @@ def test_the_grpc_sampler_scores_the_same_episodes_as_the_onnx_policy(run):
         json.loads((out / "summary.json").read_text())["env_id"]
         == PRESETS["metaworld-quick"].env_id
     )
+
+
+def test_the_sampler_comparison_scores_success_on_an_env_with_tasks(run):
+    out, summary = run
+    rows = {r["sampler"]: r for r in summary["samplers"]}
+    assert set(rows) == {"ddim-10", "consistency-1"}
+    episodes = pq.read_table(out / "eval" / "samplers" / "episodes.parquet").to_pandas()
+    for name, row in rows.items():
+        ran = episodes[episodes.policy == name]
+        assert row["score"] == "success" and row["n"] == len(ran) == 8
+        assert row["mean"] == pytest.approx(100 * ran.success.mean())
+        assert row["latency_median_us"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Samplers: success and batch-1 latency" in report
+    assert "| success (%) ± s.e. |" in report
+    assert (out / "plots" / "samplers_pareto.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

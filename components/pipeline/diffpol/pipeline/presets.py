@@ -176,6 +176,9 @@ PRESETS: dict[str, Preset] = {
         baselines=("bc",),
         baseline_epochs=24,
         variants=(_UNCHUNKED, Variant("10-demos", _TEN_DEMOS, episodes=100, epochs=240)),
+        # --samplers: a distillation step costs ~1.6 teacher steps, so 4 epochs are ~27% of
+        # the teacher's training (benchmarks/RESULTS.md, few-step samplers).
+        consistency_epochs=4,
         eval_seeds="100000:100500",  # 50 per task
         torch_eval_seeds="100000:100100",
         headline=("expert", "onnx", "bc", "variant:unchunked", "variant:10-demos"),
@@ -195,6 +198,7 @@ PRESETS: dict[str, Preset] = {
         baselines=("bc",),
         baseline_epochs=1,
         variants=(_UNCHUNKED, Variant("10-demos", _TEN_DEMOS, episodes=20, epochs=2)),
+        consistency_epochs=1,
         eval_seeds="100000:100008",
         torch_eval_seeds="100000:100004",
         headline=("expert", "onnx", "bc", "variant:unchunked", "variant:10-demos"),

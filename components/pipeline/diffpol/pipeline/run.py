@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import math
 import os
 import shutil
 import time
@@ -558,9 +559,19 @@ def compare_samplers(
             out=out / "eval" / "samplers",
             progress=bar.update,
         )
-    summaries = {p.label: p.summary.to_json() for p in result.policies}
-    latency = batch1_latency_us(paths, (preset.config.model.n_obs_steps, _obs_dim(paths)))
-    return sampler_rows(choices, summaries, latency)
+    score = "success" if _env_tasks(preset.env_id) else "return"
+    summaries = {p.label: _score(p.summary, score) for p in result.policies}
+    latency = batch1_latency_us(paths, (preset.window.n_obs_steps, _obs_dim(paths)))
+    return sampler_rows(choices, summaries, latency, score=score)
+
+
+def _score(summary, score: str) -> dict:
+    """A sampler's mean and standard error in ``samplers.SCORES``' unit: the return, or
+    the success rate in percent (binomial standard error) for envs with tasks."""
+    if score == "return":
+        return summary.to_json()
+    p, n = summary.success_rate, summary.n
+    return {"mean": 100 * p, "stderr": 100 * math.sqrt(p * (1 - p) / n), "n": n}
 
 
 def _obs_dim(paths: dict[str, Path]) -> int:
@@ -628,7 +639,10 @@ def write_report(
         from diffpol.pipeline.samplers import pareto_figure
 
         pareto = out / "plots" / "samplers_pareto.png"
-        title = f"{preset.env_id}, seeds {preset.eval_seeds}: return vs batch-1 latency"
+        title = (
+            f"{preset.env_id}, seeds {preset.eval_seeds}: "
+            f"{sampler_rows[0]['score']} vs batch-1 latency"
+        )
         atomic_write_bytes(pareto, pareto_figure(sampler_rows, title))
         plots.insert(0, pareto)
     headline = _summaries(evaluation.headline)
@@ -800,14 +814,14 @@ def _sampler_section(preset, summary: dict) -> list[str]:
         )
 
     return [
-        f"## Samplers: return and batch-1 latency ({preset.env_id}, seeds "
+        f"## Samplers: {rows[0]['score']} and batch-1 latency ({preset.env_id}, seeds "
         f"{preset.eval_seeds}, ONNX in process)",
         "",
         *markdown_table(rows),
         "",
         "act: a whole `OnnxPolicy.act` call (seeded noise drawn, inputs checked); graph "
         "alone: the onnxruntime run on inputs drawn once. Speed-ups are against ddim-10 "
-        "in the same measurement. Pareto: no other sampler has both a higher mean return "
+        "in the same measurement. Pareto: no other sampler has both a higher score "
         "and a lower act latency. Plot: `plots/samplers_pareto.png`.",
         "",
         "Training time (sum of epoch times): " + ", ".join(cost) + ".",

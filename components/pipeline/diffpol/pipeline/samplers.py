@@ -121,14 +121,23 @@ def batch1_latency_us(
     }
 
 
+# What a sampler is scored by: the mean episode return, or for envs with tasks (whose
+# episodes end at the first success) the success rate in percent.
+SCORES = {"return": "mean return", "success": "success (%)"}
+
+
 def sampler_rows(
     choices: Sequence[SamplerChoice],
     summaries: Mapping[str, dict],
     latency: Mapping[str, dict[str, float]],
     reference: str = "ddim-10",
+    score: str = "return",
 ) -> list[dict]:
-    """One row per sampler: return (mean, stderr), gap to ``reference`` (if compared),
-    batch-1 latency and speed-up over ``reference``."""
+    """One row per sampler: its score (``summaries``' mean and stderr, in ``SCORES``'s
+    unit), gap to ``reference`` (if compared), batch-1 latency and speed-up over
+    ``reference``."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     ref = summaries.get(reference)
     ref_latency = latency.get(reference, {}).get("median_us")
     ref_graph = latency.get(reference, {}).get("graph_median_us")
@@ -141,6 +150,7 @@ def sampler_rows(
                 "family": c.family,
                 "steps": c.steps,
                 "policy": c.policy,
+                "score": score,
                 "mean": s["mean"],
                 "stderr": s["stderr"],
                 "n": s["n"],
@@ -156,7 +166,7 @@ def sampler_rows(
 
 
 def pareto_front(rows: Sequence[dict]) -> list[str]:
-    """Samplers no other beats on both return (higher) and latency (lower)."""
+    """Samplers no other beats on both score (higher) and latency (lower)."""
     front = []
     for r in rows:
         dominated = any(
@@ -173,7 +183,8 @@ def pareto_front(rows: Sequence[dict]) -> list[str]:
 def markdown_table(rows: Sequence[dict], reference: str = "ddim-10") -> list[str]:
     front = set(pareto_front(rows))
     lines = [
-        f"| sampler | network calls | mean return ± s.e. | vs {reference} | batch-1 act "
+        f"| sampler | network calls | {SCORES[rows[0]['score']]} ± s.e. | vs {reference} | "
+        "batch-1 act "
         f"median (p90) | speed-up | graph alone | speed-up | Pareto |",
         "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
@@ -191,7 +202,7 @@ def markdown_table(rows: Sequence[dict], reference: str = "ddim-10") -> list[str
 
 
 def pareto_figure(rows: Sequence[dict], title: str) -> bytes:
-    """Mean return (± s.e.) against batch-1 latency, log-scale x, the front joined."""
+    """Score (± s.e.) against batch-1 latency, log-scale x, the front joined."""
     import io
 
     import matplotlib
@@ -232,7 +243,7 @@ def pareto_figure(rows: Sequence[dict], title: str) -> bytes:
     )
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 act() latency per action chunk, µs (onnxruntime, in process)")
-    ax.set_ylabel("mean return")
+    ax.set_ylabel(SCORES[rows[0]["score"]])
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, alpha=0.3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from diffpol.pipeline.samplers import (
@@ -65,6 +66,33 @@ def test_rows_compare_against_ddim_10_and_the_front_keeps_the_undominated():
     assert len(table) == 2 + len(rows)
     assert "| consistency-1 | 1 | -140.50 ± 1.00 | -0.50 |" in table[4]
     assert pareto_figure(rows, "test")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_env_with_tasks_scores_samplers_by_success():
+    choices = parse_samplers("ddim-10,consistency-2")
+    summaries = {
+        "ddim-10": {"mean": 97.0, "stderr": 0.8, "n": 500},
+        "consistency-2": {"mean": 95.0, "stderr": 1.0, "n": 500},
+    }
+    latency = {"ddim-10": _latency(2000.0), "consistency-2": _latency(500.0)}
+    rows = sampler_rows(choices, summaries, latency, score="success")
+    assert rows[1]["gap_to_reference"] == pytest.approx(-2.0)
+    table = markdown_table(rows)
+    assert "| success (%) ± s.e. |" in table[0]
+    assert "| consistency-2 | 2 | 95.00 ± 1.00 | -2.00 |" in table[3]
+    with pytest.raises(ValueError, match="score must be one of return, success"):
+        sampler_rows(choices, summaries, latency, score="reward")
+
+
+def test_a_sampler_scores_its_success_rate_with_a_binomial_standard_error():
+    from diffpol.evaluator.stats import summarize
+    from diffpol.pipeline.run import _score
+
+    summary = summarize(np.zeros(4), np.array([True, True, True, False]))
+    assert _score(summary, "success") == pytest.approx(
+        {"mean": 75.0, "stderr": 100 * (0.75 * 0.25 / 4) ** 0.5, "n": 4}
+    )
+    assert _score(summary, "return")["mean"] == 0.0
 
 
 def test_a_choice_names_itself():
