@@ -25,6 +25,7 @@ from diffpol.evaluator.outputs import (
     evaluation_report,
     success_table,
     summary_json,
+    task_json,
     write_outputs,
 )
 from diffpol.evaluator.plots import success_figure
@@ -76,6 +77,7 @@ __all__ = [
     "summarize",
     "summary_json",
     "t_two_sided_p",
+    "task_json",
     "task_view",
     "write_outputs",
 ]

@@ -116,6 +116,13 @@ class PolicyResult:
     def returns_by_seed(self) -> dict[int, float]:
         return dict(zip(self.seeds.tolist(), self.returns.tolist(), strict=True))
 
+    @property
+    def mean_task_success_rate(self) -> float | None:
+        """The unweighted mean of the per-task success rates (None: no named tasks)."""
+        if not self.tasks:
+            return None
+        return float(np.mean([t.success_rate for t in self.tasks]))
+
 
 @dataclass(frozen=True)
 class EvaluationResult:

@@ -131,7 +131,7 @@ def success_table(result: EvaluationResult) -> str:
                 f" · {steps}"
             )
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    means = [f"**{100 * np.mean([t.success_rate for t in p.tasks]):.1f}%**" for p in policies]
+    means = [f"**{100 * p.mean_task_success_rate:.1f}%**" for p in policies]
     lines += [
         "| mean over tasks | " + " | ".join(means) + " |",
         "",
@@ -229,17 +229,18 @@ def _policy_json(policy: PolicyResult, plot: str | None) -> dict:
         },
         "replay_matches": policy.replay_matches,
         "trajectory_plot": plot,
-        **_task_json(policy),
+        **task_json(policy),
     }
 
 
-def _task_json(policy: PolicyResult) -> dict:
-    """Per-task success (envs with named tasks): the table and its unweighted mean."""
+def task_json(policy: PolicyResult) -> dict:
+    """Per-task success (envs with named tasks): the table and its unweighted mean; empty
+    for an env without tasks."""
     if not policy.tasks:
         return {}
     return {
         "tasks": [t.to_json() for t in policy.tasks],
-        "mean_task_success_rate": float(np.mean([t.success_rate for t in policy.tasks])),
+        "mean_task_success_rate": policy.mean_task_success_rate,
     }
 
 

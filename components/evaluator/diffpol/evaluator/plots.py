@@ -118,7 +118,7 @@ def success_figure(result: EvaluationResult) -> bytes:
             rates = np.array([rows[t].success_rate for t in tasks])
             low = np.array([rows[t].ci95_low for t in tasks])
             high = np.array([rows[t].ci95_high for t in tasks])
-            heights = np.append(rates, rates.mean())
+            heights = np.append(rates, p.mean_task_success_rate)
             errors = np.vstack([np.append(rates - low, 0), np.append(high - rates, 0)])
             ax.bar(
                 x - 0.4 + width * (k + 0.5),

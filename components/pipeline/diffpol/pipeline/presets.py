@@ -45,7 +45,8 @@ class Variant:
 # ``variant:<name>``: the env's expert, random and zero actions, the trained baselines, and
 # the diffusion policy sampled with DDPM and DDIM in PyTorch, DDIM as the exported ONNX
 # graph, and that graph served by the gRPC sampler.
-ROLES = ("expert", "random", "zero", "bc", "seed-tutorial", "ddpm", "ddim", "onnx", "grpc")
+BASELINE_TYPES: tuple[PolicyType, ...] = ("bc", "seed-tutorial")
+ROLES = ("expert", "random", "zero", *BASELINE_TYPES, "ddpm", "ddim", "onnx", "grpc")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Preset:
     val_fraction: float = 0.1
     # The diffusion policy and the two baselines trained on the same samples.
     config: Config = field(default_factory=Config)
-    baselines: tuple[PolicyType, ...] = ("bc", "seed-tutorial")
+    baselines: tuple[PolicyType, ...] = BASELINE_TYPES
     baseline_epochs: int = 10
     variants: tuple[Variant, ...] = ()
     # Evaluation on held-out env seeds (the data uses seeds seed .. seed + episodes - 1).
@@ -96,9 +97,9 @@ class Preset:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
-        unknown = [b for b in self.baselines if b not in ("bc", "seed-tutorial")]
+        unknown = [b for b in self.baselines if b not in BASELINE_TYPES]
         if unknown:
-            raise ValueError(f"baselines are bc and seed-tutorial, got {unknown}")
+            raise ValueError(f"baselines are {' and '.join(BASELINE_TYPES)}, got {unknown}")
         known = {*ROLES, *(f"variant:{n}" for n in names)}
         for part in ("headline", "side_by_side"):
             roles = getattr(self, part)
@@ -106,9 +107,7 @@ class Preset:
                 raise ValueError(f"{part} must name one or more policies once each: {roles}")
             if [r for r in roles if r not in known]:
                 raise ValueError(f"{part}: {roles} has policies other than {sorted(known)}")
-            untrained = [
-                r for r in roles if r in ("bc", "seed-tutorial") and r not in self.baselines
-            ]
+            untrained = [r for r in roles if r in BASELINE_TYPES and r not in self.baselines]
             if untrained:
                 raise ValueError(f"{part} evaluates {untrained}, which baselines does not train")
 
@@ -124,6 +123,32 @@ class Preset:
 _CHUNKS = Window(n_obs_steps=2, horizon=16, n_action_steps=8)
 _UNCHUNKED = Variant("unchunked", "diffusion without chunks (T=Ta=1)", window=Window(n_obs_steps=2))
 _TEN_DEMOS = "diffusion, 10 demos per task (DP3 protocol)"
+
+_METAWORLD_MT10 = Preset(
+    env_id="metaworld/MT10",
+    # Meta-World's scripted experts executed with exploration noise, labelled clean.
+    noise_max=0.5,
+    episodes=1000,  # 100 per task: seeds 0..999, task = seed % 10
+    envs_per_actor=20,
+    config=Config(
+        # A 4 x 512 Mish MLP over the flat chunk: on a 2-core CPU it beat the temporal
+        # U-Net on MT10 success at the same training time (benchmarks/RESULTS.md).
+        model=ModelConfig(window=_CHUNKS, hidden_width=512, depth=4, activation="mish"),
+        # ~9k optimizer steps; every policy of the run gets as many (the 10-demo
+        # variant has a tenth of the rows, so ten times the epochs).
+        train=TrainConfig(epochs=24),
+    ),
+    baselines=("bc",),
+    baseline_epochs=24,
+    variants=(_UNCHUNKED, Variant("10-demos", _TEN_DEMOS, episodes=100, epochs=240)),
+    # --samplers: a distillation step costs ~1.6 teacher steps, so 4 epochs are ~27% of
+    # the teacher's training (benchmarks/RESULTS.md, few-step samplers).
+    consistency_epochs=4,
+    eval_seeds="100000:100500",  # 50 per task
+    torch_eval_seeds="100000:100100",
+    headline=("expert", "onnx", "bc", "variant:unchunked", "variant:10-demos"),
+    side_by_side=("expert", "ddim", "onnx", "grpc"),
+)
 
 PRESETS: dict[str, Preset] = {
     # 160 epochs of the 450 training episodes: 56k steps at batch 256. The 3x64 model
@@ -148,9 +173,7 @@ PRESETS: dict[str, Preset] = {
         episodes=24,
         rollout_actors=1,
         config=Config(
-            model=ModelConfig(
-                window=Window(n_obs_steps=2, horizon=16, n_action_steps=8), denoiser="unet"
-            ),
+            model=ModelConfig(window=_CHUNKS, denoiser="unet"),
             optim=OptimConfig(warmup_steps=10),
             train=TrainConfig(epochs=2, batch_size=256),
         ),
@@ -159,34 +182,11 @@ PRESETS: dict[str, Preset] = {
         torch_eval_seeds="100000:100008",
         ddpm_steps=20,
     ),
-    "metaworld-mt10": Preset(
-        env_id="metaworld/MT10",
-        # Meta-World's scripted experts executed with exploration noise, labelled clean.
-        noise_max=0.5,
-        episodes=1000,  # 100 per task: seeds 0..999, task = seed % 10
-        envs_per_actor=20,
-        config=Config(
-            # A 4 x 512 Mish MLP over the flat chunk: on a 2-core CPU it beat the temporal
-            # U-Net on MT10 success at the same training time (benchmarks/RESULTS.md).
-            model=ModelConfig(window=_CHUNKS, hidden_width=512, depth=4, activation="mish"),
-            # ~9k optimizer steps; every policy of the run gets as many (the 10-demo
-            # variant has a tenth of the rows, so ten times the epochs).
-            train=TrainConfig(epochs=24),
-        ),
-        baselines=("bc",),
-        baseline_epochs=24,
-        variants=(_UNCHUNKED, Variant("10-demos", _TEN_DEMOS, episodes=100, epochs=240)),
-        # --samplers: a distillation step costs ~1.6 teacher steps, so 4 epochs are ~27% of
-        # the teacher's training (benchmarks/RESULTS.md, few-step samplers).
-        consistency_epochs=4,
-        eval_seeds="100000:100500",  # 50 per task
-        torch_eval_seeds="100000:100100",
-        headline=("expert", "onnx", "bc", "variant:unchunked", "variant:10-demos"),
-        side_by_side=("expert", "ddim", "onnx", "grpc"),
-    ),
-    "metaworld-quick": Preset(
+    "metaworld-mt10": _METAWORLD_MT10,
+    # The same stages on two tasks, small: every stage runs, in minutes (CI).
+    "metaworld-quick": dataclasses.replace(
+        _METAWORLD_MT10,
         env_id="metaworld/reach-v3+drawer-close-v3",
-        noise_max=0.5,
         episodes=24,
         rollout_actors=1,
         envs_per_actor=12,
@@ -195,14 +195,11 @@ PRESETS: dict[str, Preset] = {
             optim=OptimConfig(warmup_steps=10),
             train=TrainConfig(epochs=2, batch_size=256),
         ),
-        baselines=("bc",),
         baseline_epochs=1,
         variants=(_UNCHUNKED, Variant("10-demos", _TEN_DEMOS, episodes=20, epochs=2)),
         consistency_epochs=1,
         eval_seeds="100000:100008",
         torch_eval_seeds="100000:100004",
-        headline=("expert", "onnx", "bc", "variant:unchunked", "variant:10-demos"),
-        side_by_side=("expert", "ddim", "onnx", "grpc"),
     ),
 }
 

@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffpol.contracts import Window
 from diffpol.contracts.atomic import atomic_write_bytes, atomic_write_json
 from diffpol.contracts.ray_session import ray_session
 from diffpol.pipeline.console import WatchedRun, epoch_progress, log, progress_bar
@@ -264,7 +265,7 @@ def make_samples(
     *,
     seed: int,
     ray_progress: bool = False,
-    window=None,
+    window: Window | None = None,
 ) -> Path:
     """Preprocess ``dataset`` with the preset's window (or ``window``) into ``samples_dir``."""
     from diffpol.contracts.samples import SAMPLES_FILE, load_samples
@@ -595,15 +596,12 @@ def _versions() -> dict[str, str]:
 
 
 def _summaries(result) -> dict[str, dict]:
-    summaries = {}
-    for p in result.policies:
-        summaries[p.label] = {**p.summary.to_json(), "wall_time_s": p.wall_time_s}
-        if p.tasks:
-            summaries[p.label]["tasks"] = [t.to_json() for t in p.tasks]
-            summaries[p.label]["mean_task_success_rate"] = sum(
-                t.success_rate for t in p.tasks
-            ) / len(p.tasks)
-    return summaries
+    from diffpol.evaluator import task_json
+
+    return {
+        p.label: {**p.summary.to_json(), "wall_time_s": p.wall_time_s, **task_json(p)}
+        for p in result.policies
+    }
 
 
 def _collect_plots(out: Path, runs: dict[str, TrainResult], evaluation: Evaluation) -> list[Path]:
@@ -729,7 +727,7 @@ def _report_markdown(preset, out: Path, evaluation: Evaluation, summary: dict, p
         "- stage seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
         "",
-        *_evaluation_sections(out, evaluation),
+        *_evaluation_sections(evaluation),
         *_sampler_section(preset, summary),
         "## Plots",
         "",
@@ -756,21 +754,21 @@ def _headline_sentence(preset: Preset, summary: dict) -> str:
     )
 
 
-def _evaluation_sections(out: Path, evaluation: Evaluation) -> list[str]:
+def _evaluation_sections(evaluation: Evaluation) -> list[str]:
     """The comparison tables: success per task for envs with named tasks (their returns,
     which end at the first success, are left to ``eval/*/comparison.md``), otherwise
     returns with paired differences."""
-    from diffpol.evaluator.outputs import SUCCESS_TABLE
+    from diffpol.evaluator import success_table
 
     parts = (
-        ("headline", "Headline", evaluation.headline_table),
-        ("side_by_side", "Every policy side by side", evaluation.side_by_side_table),
+        ("Headline", evaluation.headline, evaluation.headline_table),
+        ("Every policy side by side", evaluation.side_by_side, evaluation.side_by_side_table),
     )
-    if not (out / "eval" / "headline" / SUCCESS_TABLE).exists():
-        return [line for _, title, table in parts for line in _section(title, table)]
+    if not evaluation.headline.env.tasks:
+        return [line for title, _, table in parts for line in _section(title, table)]
     lines = []
-    for part, title, _ in parts:
-        text = (out / "eval" / part / SUCCESS_TABLE).read_text().rstrip("\n").split("\n")
+    for title, result, _ in parts:
+        text = success_table(result).rstrip("\n").split("\n")
         lines += [f"## {title}: {text[0].removeprefix('## ')}", *text[1:], ""]
     lines += [
         "Returns with paired differences: `eval/headline/comparison.md`, "

@@ -318,17 +318,14 @@ def train_many(
         for name, run in policies.items()
     }
     settings = run_settings([run.config for run in runs.values()])
-    # Each distinct preprocess output once, the run's own first: its Ray datasets are
-    # "train" and "val", another's "train-<k>" and "val-<k>".
-    dirs = [Path(samples_dir).resolve()]
-    for run in runs.values():
-        if run.samples_dir is not None and Path(run.samples_dir).resolve() not in dirs:
-            dirs.append(Path(run.samples_dir).resolve())
-    data_of = {d: open_training_data(d) for d in dirs}
-    suffix_of = {d: "" if k == 0 else f"-{k}" for k, d in enumerate(dirs)}
     policy_dir = {
         name: Path(run.samples_dir or samples_dir).resolve() for name, run in runs.items()
     }
+    # Each distinct preprocess output once, the run's own first: its Ray datasets are
+    # "train" and "val", another's "train-<k>" and "val-<k>".
+    dirs = list(dict.fromkeys([Path(samples_dir).resolve(), *policy_dir.values()]))
+    data_of = {d: open_training_data(d) for d in dirs}
+    suffix_of = {d: "" if k == 0 else f"-{k}" for k, d in enumerate(dirs)}
     identities = {}
     for name, run in runs.items():
         data = data_of[policy_dir[name]]
