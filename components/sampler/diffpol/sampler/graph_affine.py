@@ -18,9 +18,9 @@ layer cost as much as the layers. Three value-preserving rewrites (up to float r
 
 On a 2-layer, 64-wide ReLU DDIM-10 loop the rewrites leave 8 nodes per step instead of
 12 after onnxruntime's own fusions (the latency is in benchmarks/RESULTS.md); on the
-trainer's DenoisingLoop (which recomputes epsilon from the clipped x0, diffusers-style), 9
-instead of 16. ReLU MLP loops of the trainer's form do not come here: ``relu_network`` builds them
-directly as one ReLU network, ``depth`` (+1 with a clipped x0) fused Gemms per step.
+trainer's DenoisingLoop (the same network, x0 clipped, traced), 8 instead of 13. ReLU MLP
+loops of the trainer's form do not come here: ``relu_network`` builds them directly as one
+ReLU network, ``depth`` (+1 with a clipped x0) fused Gemms per step.
 """
 
 from __future__ import annotations

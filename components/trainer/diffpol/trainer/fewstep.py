@@ -12,8 +12,8 @@ the sampling loop differ. The maths is ``diffpol.diffusion.flow`` and
   EMA weights, trained to map any point of the teacher's DDIM-10 trajectories to their
   end; sampler "consistency" with 1 to 10 steps (1 or 2 in practice).
 
-Loops that are affine per step (Euler, consistency) are ``FewStepLoop``s that describe
-themselves as a ``SamplingLoopSpec``, so the sampler's ReLU-network exporter takes them too.
+Loops that are affine per step (Euler, consistency) are ``sampling.DenoisingLoop``s, like
+DDPM and DDIM, so the sampler's exporters take them too.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffpol.diffusion import ConsistencyDistillation, FlowScheduler, SamplingLoopSpec
+from diffpol.diffusion import ConsistencyDistillation, FlowScheduler
 from diffpol.diffusion.embedding import sinusoidal_embedding
 from diffpol.diffusion.flow import TIME_SCALE, flow_matching_loss
-from diffpol.diffusion.sampling_loop import Denoiser, StepUpdate
+from diffpol.diffusion.sampling_loop import Denoiser
 from diffpol.trainer.checkpoint import CheckpointError, load_policy_weights, read_checkpoint
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.distributed import broadcast_from_rank0, world_rank
 from diffpol.trainer.modeling import DiffusionPolicyModel
-from diffpol.trainer.sampling import require_step_noise
+from diffpol.trainer.sampling import DenoisingLoop
 
 # Samplers per objective, the first the default.
 SAMPLERS_BY_OBJECTIVE: dict[str, tuple[str, ...]] = {
@@ -50,53 +50,6 @@ def check_sampler(objective: str, sampler: str) -> None:
             f"a policy trained with objective {objective!r} samples with "
             f"{' or '.join(allowed)}, not {sampler!r}"
         )
-
-
-class FewStepLoop(nn.Module):
-    """A loop given as per-step ``StepUpdate``s over one ``Denoiser``: step i calls
-    the denoiser at network time ``times[i]`` and applies ``updates[i]``."""
-
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        sampler: str,
-        times: list[float],
-        updates: tuple[StepUpdate, ...],
-        clip_range: float | None,
-        horizon: int,
-        act_dim: int,
-    ) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.sampler = sampler
-        self.steps = len(updates)
-        self.updates = updates
-        self.clip_range = clip_range
-        self.step_noise_steps = sum(u.stochastic for u in updates)
-        self.horizon, self.act_dim = horizon, act_dim
-        self.register_buffer(
-            "time_features",
-            sinusoidal_embedding(torch.tensor(times, dtype=torch.float32), denoiser.time_embed_dim),
-            persistent=False,
-        )
-
-    @property
-    def spec(self) -> SamplingLoopSpec:
-        return SamplingLoopSpec(self.denoiser, self.time_features, self.updates, self.clip_range)
-
-    def forward(self, obs_norm, noise, step_noise=None) -> torch.Tensor:
-        require_step_noise(self, step_noise)
-        cond = self.denoiser.encode_condition(obs_norm.flatten(1))
-        time_terms = self.denoiser.time_terms(self.time_features)
-        x, k = noise.flatten(1), 0
-        for i, update in enumerate(self.updates):
-            output = self.denoiser.denoise(x, cond, time_terms[i])
-            z = None
-            if update.stochastic:
-                z = step_noise[:, k].flatten(1)
-                k += 1
-            x = update.apply(output, x, self.clip_range, z)
-        return x.unflatten(1, (self.horizon, self.act_dim))
 
 
 class FlowMidpointLoop(nn.Module):
@@ -155,7 +108,7 @@ class FlowPolicyModel(DiffusionPolicyModel):
         if sampler == "flow-midpoint":
             return FlowMidpointLoop(self.denoiser, steps, self.config.window.horizon, self.act_dim)
         scheduler = FlowScheduler("euler").set_timesteps(steps)
-        return FewStepLoop(
+        return DenoisingLoop(
             self.denoiser,
             "flow",
             scheduler.network_times(),
@@ -204,7 +157,7 @@ class ConsistencyPolicyModel(DiffusionPolicyModel):
     def sampling_loop(self, sampler: str = "consistency", steps: int = 1, eta: float = 0.0):
         check_sampler("consistency", sampler)
         updates = self.distillation.sampling_updates(steps)
-        return FewStepLoop(
+        return DenoisingLoop(
             self.denoiser,
             "consistency",
             [float(u.timestep) for u in updates],

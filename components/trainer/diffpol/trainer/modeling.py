@@ -150,7 +150,7 @@ class DiffusionPolicyModel(_PolicyModel):
         return F.mse_loss(prediction, self.noise_scheduler.training_target(action, noise))
 
     def sampling_loop(self, sampler: str = "ddim", steps: int = 10, eta: float = 0.0):
-        return DenoisingLoop(
+        return DenoisingLoop.from_scheduler(
             self.denoiser,
             self.config.schedule,
             self.config.window.horizon,

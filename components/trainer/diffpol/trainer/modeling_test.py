@@ -203,7 +203,8 @@ def test_a_denoising_loop_describes_itself_with_its_schedulers_updates(sampler, 
     loop = model.sampling_loop(sampler, steps, eta=eta)
     spec = loop.spec
     assert spec.denoiser is model.denoiser
-    assert list(spec.timesteps) == loop.timesteps
-    assert spec.step_noise_steps == loop.step_noise_steps
-    assert spec.updates == loop.scheduler.updates()
+    scheduler = make_scheduler(model.config.schedule, sampler, steps, eta)
+    assert list(spec.timesteps) == list(scheduler.timesteps)
+    assert spec.step_noise_steps == loop.step_noise_steps == scheduler.num_stochastic_steps
+    assert spec.updates == scheduler.updates()
     assert spec.clip_range == model.config.schedule.clip_sample_range

@@ -12,7 +12,7 @@ from torch import nn
 
 from diffpol.diffusion import NoiseScheduleConfig, SamplingLoopSpec, make_scheduler
 from diffpol.diffusion.embedding import sinusoidal_embedding
-from diffpol.diffusion.sampling_loop import Denoiser
+from diffpol.diffusion.sampling_loop import Denoiser, StepUpdate
 
 
 def require_step_noise(loop: nn.Module, step_noise: torch.Tensor | None) -> None:
@@ -25,11 +25,43 @@ def require_step_noise(loop: nn.Module, step_noise: torch.Tensor | None) -> None
 
 
 class DenoisingLoop(nn.Module):
-    """DDPM or DDIM sampling of a trained denoiser (``diffpol.diffusion.Denoiser``: the
-    MLP or the U-Net)."""
+    """A sampling loop given as per-step ``StepUpdate``s over one ``Denoiser`` (the MLP or
+    the U-Net): step i calls the denoiser at network time ``times[i]`` and applies
+    ``updates[i]``. DDPM and DDIM (``from_scheduler``), flow matching's Euler steps and
+    consistency sampling are all of this form, and the loop describes itself in numbers
+    (``spec``) for the sampler's exporters."""
 
     def __init__(
         self,
+        denoiser: Denoiser,
+        sampler: str,
+        times: list[float],
+        updates: tuple[StepUpdate, ...],
+        clip_range: float | None,
+        horizon: int,
+        act_dim: int,
+    ) -> None:
+        super().__init__()
+        if len(times) != len(updates):
+            raise ValueError(f"{len(times)} network times for {len(updates)} updates")
+        self.denoiser = denoiser
+        self.sampler = sampler
+        self.steps = len(updates)
+        self.updates = updates
+        self.clip_range = clip_range
+        self.step_noise_steps = sum(u.stochastic for u in updates)
+        self.horizon, self.act_dim = horizon, act_dim
+        # The sinusoidal features of the (fixed) times; an exporter folds the time term
+        # computed from them into constants.
+        self.register_buffer(
+            "time_features",
+            sinusoidal_embedding(torch.tensor(times, dtype=torch.float32), denoiser.time_embed_dim),
+            persistent=False,
+        )
+
+    @classmethod
+    def from_scheduler(
+        cls,
         denoiser: Denoiser,
         schedule: NoiseScheduleConfig,
         horizon: int,
@@ -37,35 +69,24 @@ class DenoisingLoop(nn.Module):
         sampler: str = "ddim",
         steps: int = 10,
         eta: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.scheduler = make_scheduler(schedule, sampler, steps, eta)
-        self.sampler = sampler
-        self.steps = len(self.scheduler.timesteps)
-        self.eta = eta
-        self.step_noise_steps = self.scheduler.num_stochastic_steps
-        self.horizon, self.act_dim = horizon, act_dim
-        self.timesteps: list[int] = list(self.scheduler.timesteps)
-        # The sinusoidal features of the (fixed) timesteps; an exporter folds the time
-        # term computed from them into constants.
-        self.register_buffer(
-            "time_features",
-            sinusoidal_embedding(
-                torch.tensor(self.timesteps, dtype=torch.float32), denoiser.time_embed_dim
-            ),
-            persistent=False,
+    ) -> DenoisingLoop:
+        """DDPM or DDIM sampling: the updates of ``make_scheduler(schedule, sampler, steps,
+        eta)`` at its timesteps."""
+        scheduler = make_scheduler(schedule, sampler, steps, eta)
+        return cls(
+            denoiser,
+            sampler,
+            [float(t) for t in scheduler.timesteps],
+            scheduler.updates(),
+            scheduler.x0_clip_range,
+            horizon,
+            act_dim,
         )
 
     @property
     def spec(self) -> SamplingLoopSpec:
-        """This loop in numbers: the denoiser and each step's update, from the scheduler."""
-        return SamplingLoopSpec(
-            denoiser=self.denoiser,
-            time_features=self.time_features,
-            updates=self.scheduler.updates(),
-            clip_range=self.scheduler.x0_clip_range,
-        )
+        """This loop in numbers: the denoiser, its time features and each step's update."""
+        return SamplingLoopSpec(self.denoiser, self.time_features, self.updates, self.clip_range)
 
     def forward(
         self,
@@ -76,15 +97,14 @@ class DenoisingLoop(nn.Module):
         require_step_noise(self, step_noise)
         cond = self.denoiser.encode_condition(obs_norm.flatten(1))
         time_terms = self.denoiser.time_terms(self.time_features)
-        x = noise.flatten(1)
-        k = 0
-        for i, t in enumerate(self.timesteps):
-            model_output = self.denoiser.denoise(x, cond, time_terms[i])
+        x, k = noise.flatten(1), 0
+        for i, update in enumerate(self.updates):
+            output = self.denoiser.denoise(x, cond, time_terms[i])
             z = None
-            if self.scheduler.is_stochastic(t):
+            if update.stochastic:
                 z = step_noise[:, k].flatten(1)
                 k += 1
-            x = self.scheduler.step(model_output, t, x, noise=z)
+            x = update.apply(output, x, self.clip_range, z)
         return x.unflatten(1, (self.horizon, self.act_dim))
 
 
