@@ -6,7 +6,8 @@ t = 0, the noise ``x_0 ~ N(0, I)``, to t = 1, the action chunk ``x_1``, along
 
     x_t = (1 - t) x_0 + t x_1,        dx_t/dt = x_1 - x_0,
 
-and the network regresses that conditional velocity (``velocity_target``) at ``t ~ U[0, 1)``.
+and the network regresses that conditional velocity (``velocity_target``) at training times
+drawn by ``sample_times``: uniform, pi0's Beta on the noisy end, or SD3's logit-normal.
 Sampling integrates ``dx/dt = v(x, t)`` from the noise at t = 0 to t = 1 on a uniform grid
 of K steps, with Euler (one network evaluation per step) or the explicit midpoint rule
 (two). An Euler step ``x + dt * v`` is affine in the network's output and x, so it is a
@@ -28,6 +29,10 @@ from diffpol.diffusion.sampling_loop import StepUpdate
 
 FlowMethod = Literal["euler", "midpoint"]
 FLOW_METHODS: tuple[str, ...] = ("euler", "midpoint")
+TimeSampling = Literal["uniform", "beta", "logit-normal"]
+TIME_SAMPLINGS: tuple[str, ...] = ("uniform", "beta", "logit-normal")
+# pi0's Beta(1.5, 1) time density is scaled to [0, 0.999): the data end is never drawn.
+BETA_TIME_MAX = 0.999
 # As in Stable Diffusion 3's rectified-flow models: the network's time input is 1000 t.
 TIME_SCALE = 1000.0
 
@@ -57,6 +62,31 @@ def flow_matching_loss(
     9), ``velocity(x_t, t)`` given t in [0, 1]; mean over every element."""
     prediction = velocity(interpolate(noise, action, t), t)
     return torch.mean((prediction - velocity_target(noise, action)) ** 2)
+
+
+def sample_times(
+    batch: int,
+    sampling: TimeSampling = "uniform",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Training times t [batch] in [0, 1) for the loss, each from ``generator``:
+
+    - "uniform": t ~ U[0, 1) (Lipman et al. 2023);
+    - "beta": pi0's density (Black et al. 2024, sec. IV-B: "emphasizes lower (noisier)
+      timesteps"), t = s (1 - u) with u ~ Beta(1.5, 1) and s = 0.999; u is drawn by
+      inversion, u = U^(1/1.5), since Beta(1.5, 1) has the CDF u^1.5;
+    - "logit-normal": Stable Diffusion 3's (Esser et al. 2024, eq. 19), t = sigmoid(n) with
+      n ~ N(0, 1): most weight on the middle of the path.
+    """
+    if sampling == "uniform":
+        return torch.rand((batch,), generator=generator, device=device)
+    if sampling == "beta":
+        u = torch.rand((batch,), generator=generator, device=device) ** (1.0 / 1.5)
+        return BETA_TIME_MAX * (1.0 - u)
+    if sampling == "logit-normal":
+        return torch.sigmoid(torch.randn((batch,), generator=generator, device=device))
+    raise ValueError(f"time sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {sampling!r}")
 
 
 def time_grid(steps: int) -> list[float]:

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from diffpol.diffusion.flow import (
+    BETA_TIME_MAX,
     TIME_SCALE,
     FlowScheduler,
     flow_matching_loss,
     interpolate,
+    sample_times,
     time_grid,
     velocity_target,
 )
@@ -36,6 +38,38 @@ def test_the_loss_is_the_mean_squared_velocity_error():
     # ... and a constant offset c scores exactly c^2.
     offset = flow_matching_loss(lambda x, tt: action - noise + 0.5, action, noise, t)
     assert offset.item() == pytest.approx(0.25, rel=1e-6)
+
+
+def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / 2**0.5))
+
+
+# Each time density's CDF, F(a) = P(t <= a), from its definition.
+TIME_CDFS = {
+    "uniform": lambda a: a,
+    # t = s (1 - u), u ~ Beta(1.5, 1) with CDF u^1.5: P(t <= a) = P(u >= 1 - a/s).
+    "beta": lambda a: 1.0 - (1.0 - a / BETA_TIME_MAX).clamp(min=0.0) ** 1.5,
+    # t = sigmoid(n), n ~ N(0, 1): P(t <= a) = Phi(logit(a)).
+    "logit-normal": lambda a: _normal_cdf(torch.logit(a)),
+}
+
+
+@pytest.mark.parametrize("sampling", sorted(TIME_CDFS))
+def test_training_times_follow_their_densities(sampling):
+    generator = torch.Generator().manual_seed(3)
+    t = sample_times(200_000, sampling, generator)
+    assert t.shape == (200_000,) and t.min() >= 0.0 and t.max() < 1.0
+    grid = torch.linspace(0.01, 0.99, 99)
+    empirical = (t[None, :] <= grid[:, None]).float().mean(1)
+    # Kolmogorov-Smirnov distance: about 1.36 / sqrt(n) = 0.003 at the 5% level.
+    assert (empirical - TIME_CDFS[sampling](grid)).abs().max() < 0.006
+    # The generator alone decides the draw.
+    torch.testing.assert_close(t, sample_times(200_000, sampling, torch.Generator().manual_seed(3)))
+
+
+def test_an_unknown_time_sampling_is_rejected():
+    with pytest.raises(ValueError, match="time sampling must be one of"):
+        sample_times(4, "cosine")
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint"])

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from diffpol.contracts import Window
 from diffpol.contracts.shapes import WINDOW_KEYS
 from diffpol.diffusion import NoiseScheduleConfig
+from diffpol.diffusion.flow import TIME_SAMPLINGS, TimeSampling
 
 PolicyType = Literal["diffusion", "bc", "seed-tutorial"]
 Activation = Literal["relu", "silu", "mish"]
@@ -65,6 +66,9 @@ class ModelConfig:
         default_factory=lambda: NoiseScheduleConfig(prediction_type="sample")
     )
     objective: Objective = "ddpm"
+    # flow: the training times' density (diffpol.diffusion.flow.sample_times). pi0's Beta
+    # on the noisy end scored best on Pendulum-v1 (benchmarks/RESULTS.md).
+    flow_time_sampling: TimeSampling = "beta"
     # consistency: the name of the DDPM policy trained earlier in the same run whose EMA
     # weights are the teacher (and the student's initialisation).
     teacher: str | None = None
@@ -117,6 +121,11 @@ class ModelConfig:
         _require(
             self.objective in OBJECTIVES,
             f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
+        )
+        _require(
+            self.flow_time_sampling in TIME_SAMPLINGS,
+            f"flow_time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, "
+            f"got {self.flow_time_sampling!r}",
         )
         _require(
             self.objective == "ddpm" or self.policy_type == "diffusion",

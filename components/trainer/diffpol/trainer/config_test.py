@@ -37,6 +37,7 @@ def test_defaults_are_the_measured_pendulum_choice():
         (lambda: ModelConfig(window=(2, 1, 1)), "window must be"),
         (lambda: ModelConfig(time_embed_dim=7), "time_embed_dim"),
         (lambda: ModelConfig(activation="gelu"), "activation"),
+        (lambda: ModelConfig(flow_time_sampling="cosine"), "flow_time_sampling"),
         (lambda: OptimConfig(lr=0), "lr"),
         (lambda: OptimConfig(ema_decay=1.0), "ema_decay"),
         (lambda: TrainConfig(epochs=0), "epochs"),

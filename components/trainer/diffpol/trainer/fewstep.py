@@ -6,7 +6,7 @@ the sampling loop differ. The maths is ``diffpol.diffusion.flow`` and
 ``diffpol.diffusion.consistency``.
 
 - ``FlowPolicyModel`` (objective "flow"): the denoiser regresses the velocity of the
-  straight path from noise to action chunk; samplers "flow" (K Euler steps, K network
+  straight path from noise to action chunk, at times drawn by ``flow_time_sampling``; samplers "flow" (K Euler steps, K network
   calls) and "flow-midpoint" (K/2 midpoint steps, K calls).
 - ``ConsistencyPolicyModel`` (objective "consistency"): initialised from a DDPM teacher's
   EMA weights, trained to map any point of the teacher's DDIM-10 trajectories to their
@@ -26,7 +26,7 @@ from torch import nn
 
 from diffpol.diffusion import ConsistencyDistillation, FlowScheduler
 from diffpol.diffusion.embedding import sinusoidal_embedding
-from diffpol.diffusion.flow import TIME_SCALE, flow_matching_loss
+from diffpol.diffusion.flow import TIME_SCALE, flow_matching_loss, sample_times
 from diffpol.diffusion.sampling_loop import Denoiser
 from diffpol.trainer.checkpoint import CheckpointError, load_policy_weights, read_checkpoint
 from diffpol.trainer.config import ModelConfig
@@ -95,7 +95,7 @@ class FlowPolicyModel(DiffusionPolicyModel):
 
     def compute_loss(self, obs, action, generator=None) -> torch.Tensor:
         noise = torch.randn(action.shape, generator=generator, device=action.device)
-        t = torch.rand((action.shape[0],), generator=generator, device=action.device)
+        t = sample_times(action.shape[0], self.config.flow_time_sampling, generator, action.device)
         cond = self.denoiser.encode_condition(obs)
 
         def velocity(x, tt):

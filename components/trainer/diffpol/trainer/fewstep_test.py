@@ -8,7 +8,7 @@ import torch
 from diffpol.contracts import Window
 from diffpol.contracts.normalizer import AffineNormalizer, Normalizer
 from diffpol.diffusion import ConsistencyDistillation, FlowScheduler, NoiseScheduleConfig
-from diffpol.diffusion.flow import TIME_SCALE
+from diffpol.diffusion.flow import TIME_SCALE, sample_times
 from diffpol.trainer.config import ModelConfig
 from diffpol.trainer.fewstep import ConsistencyPolicyModel, FlowPolicyModel
 from diffpol.trainer.modeling import EMA, build_policy_model
@@ -47,19 +47,21 @@ def test_a_ddpm_runs_identity_is_what_it_was_before_objectives_existed():
     from diffpol.trainer import Config
     from diffpol.trainer.training import run_identity
 
-    assert "objective" not in run_identity(Config(), "f" * 64)["model"]
-    flow = Config(model=small("flow"))
-    assert run_identity(flow, "f" * 64)["model"]["objective"] == "flow"
+    ddpm = run_identity(Config(), "f" * 64)["model"]
+    assert "objective" not in ddpm and "flow_time_sampling" not in ddpm
+    flow = run_identity(Config(model=small("flow")), "f" * 64)["model"]
+    assert flow["objective"] == "flow" and flow["flow_time_sampling"] == "beta"
 
 
-def test_flow_loss_is_the_velocity_regression_of_the_denoiser():
+@pytest.mark.parametrize("sampling", ["uniform", "beta"])
+def test_flow_loss_is_the_velocity_regression_of_the_denoiser(sampling):
     torch.manual_seed(0)
-    model = build_policy_model(small("flow"), 3, 1, NORMALIZER)
+    model = build_policy_model(small("flow", flow_time_sampling=sampling), 3, 1, NORMALIZER)
     obs, action = torch.randn(16, 6), torch.rand(16, 4) * 2 - 1
     loss = model.compute_loss(obs, action, generator=torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
     noise = torch.randn(action.shape, generator=generator)
-    t = torch.rand((16,), generator=generator)
+    t = sample_times(16, sampling, generator)
     x_t = (1 - t[:, None]) * noise + t[:, None] * action
     expected = ((model.denoiser(x_t, obs, t * TIME_SCALE) - (action - noise)) ** 2).mean()
     torch.testing.assert_close(loss, expected)

@@ -111,8 +111,11 @@ def run_identity(config: Config, dataset_fingerprint: str) -> dict[str, Any]:
     its JSON form (tuples as lists) so that stored and current identities compare."""
     raw = config.to_json()
     model = dict(raw["model"])
-    # The objective fields at their defaults leave the identity of runs started before
-    # they existed unchanged, so those runs still resume.
+    # The objective fields at their defaults, and fields only another objective reads,
+    # leave the identity of runs started before they existed unchanged, so those runs
+    # still resume.
+    if model.get("objective") != "flow":
+        model.pop("flow_time_sampling", None)
     if model.get("objective") == "ddpm" and model.get("teacher") is None:
         del model["objective"], model["teacher"]
     identity = {
