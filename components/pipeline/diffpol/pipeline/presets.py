@@ -150,37 +150,33 @@ _METAWORLD_MT10 = Preset(
     side_by_side=("expert", "ddim", "onnx", "grpc"),
 )
 
+_QUICK = Preset(
+    episodes=24,
+    rollout_actors=1,
+    config=Config(
+        model=ModelConfig(hidden_width=64, depth=2),
+        optim=OptimConfig(warmup_steps=10),
+        train=TrainConfig(epochs=2, batch_size=256),
+    ),
+    baseline_epochs=1,
+    eval_seeds="100000:100016",
+    torch_eval_seeds="100000:100008",
+    ddpm_steps=20,
+    consistency_epochs=1,
+)
+
 PRESETS: dict[str, Preset] = {
     # 160 epochs of the 450 training episodes: 56k steps at batch 256. The 3x64 model
     # scored -142.0 after 115 epochs and -140.4 after 160 (DDIM-10, 1000 held-out seeds;
     # benchmarks/RESULTS.md); 3x128 reached -140.2 to -140.7 in 115.
     "default": Preset(config=Config(train=TrainConfig(epochs=160))),
-    "quick": Preset(
-        episodes=24,
-        rollout_actors=1,
-        config=Config(
-            model=ModelConfig(hidden_width=64, depth=2),
-            optim=OptimConfig(warmup_steps=10),
-            train=TrainConfig(epochs=2, batch_size=256),
+    "quick": _QUICK,
+    # quick with the chunked temporal U-Net as the denoiser.
+    "quick-unet": dataclasses.replace(
+        _QUICK,
+        config=dataclasses.replace(
+            _QUICK.config, model=ModelConfig(window=_CHUNKS, denoiser="unet")
         ),
-        baseline_epochs=1,
-        eval_seeds="100000:100016",
-        torch_eval_seeds="100000:100008",
-        ddpm_steps=20,
-        consistency_epochs=1,
-    ),
-    "quick-unet": Preset(
-        episodes=24,
-        rollout_actors=1,
-        config=Config(
-            model=ModelConfig(window=_CHUNKS, denoiser="unet"),
-            optim=OptimConfig(warmup_steps=10),
-            train=TrainConfig(epochs=2, batch_size=256),
-        ),
-        baseline_epochs=1,
-        eval_seeds="100000:100016",
-        torch_eval_seeds="100000:100008",
-        ddpm_steps=20,
     ),
     "metaworld-mt10": _METAWORLD_MT10,
     # The same stages on two tasks, small: every stage runs, in minutes (CI).
