@@ -351,13 +351,14 @@ def _x0_clipped(pair: Pair, inputs: list[np.ndarray]) -> float:
         cond = loop.denoiser.encode_condition(obs_norm.flatten(1))
         time_terms = loop.denoiser.time_terms(loop.time_features)
         x, k, clipped = noise.flatten(1), 0, []
-        for i, t in enumerate(loop.timesteps):
-            x0 = loop.denoiser.denoise(x, cond, time_terms[i])
-            clipped.append(float((x0.abs() > 1).float().mean()))
+        for i, update in enumerate(loop.updates):
+            output = loop.denoiser.denoise(x, cond, time_terms[i])
+            x0 = update.x0_from_output * output + update.x0_from_sample * x
+            clipped.append(float((x0.abs() > loop.clip_range).float().mean()))
             z = None
-            if loop.scheduler.is_stochastic(t):
+            if update.stochastic:
                 z, k = rest[0][:, k].flatten(1), k + 1
-            x = loop.scheduler.step(x0, t, x, noise=z)
+            x = update.apply(output, x, loop.clip_range, z)
     return float(np.mean(clipped))
 
 
