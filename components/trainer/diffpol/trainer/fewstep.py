@@ -6,8 +6,9 @@ the sampling loop differ. The maths is ``diffpol.diffusion.flow`` and
 ``diffpol.diffusion.consistency``.
 
 - ``FlowPolicyModel`` (objective "flow"): the denoiser regresses the velocity of the
-  straight path from noise to action chunk, at times drawn by ``flow_time_sampling``; samplers "flow" (K Euler steps, K network
-  calls) and "flow-midpoint" (K/2 midpoint steps, K calls).
+  straight path from noise to action chunk, at times drawn by ``flow_time_sampling``;
+  samplers "flow" (K Euler steps, K network calls) and "flow-midpoint" (K/2 midpoint
+  steps, K calls).
 - ``ConsistencyPolicyModel`` (objective "consistency"): initialised from a DDPM teacher's
   EMA weights, trained to map any point of the teacher's DDIM-10 trajectories to their
   end; sampler "consistency" with 1 to 10 steps (1 or 2 in practice).
