@@ -31,7 +31,7 @@ FlowMethod = Literal["euler", "midpoint"]
 FLOW_METHODS: tuple[str, ...] = ("euler", "midpoint")
 TimeSampling = Literal["uniform", "beta", "logit-normal"]
 TIME_SAMPLINGS: tuple[str, ...] = ("uniform", "beta", "logit-normal")
-# pi0's Beta(1.5, 1) time density is scaled to [0, 0.999): the data end is never drawn.
+# pi0's Beta(1.5, 1) time density is scaled to (0, 0.999]: t = 1, the data, is never drawn.
 BETA_TIME_MAX = 0.999
 # As in Stable Diffusion 3's rectified-flow models: the network's time input is 1000 t.
 TIME_SCALE = 1000.0
